@@ -1,0 +1,57 @@
+"""Backend choice for every op family (DESIGN.md, "The op families").
+
+Order: the ``backend=`` argument, else the ``MTLK_BACKEND`` environment variable, else auto.
+Auto: a CUDA tensor goes to the compiled CUDA kernel, else Triton, else the reference; a
+CPU tensor goes to the compiled C++ kernel, else the reference. Triton on CPU tensors runs
+only under the interpreter (``TRITON_INTERPRET=1``, set before triton is imported): that is
+the test path, never chosen automatically.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from mtlkernels import _extension
+
+BACKENDS = ("reference", "native", "triton")
+
+
+def _triton_usable(device: torch.device) -> bool:
+    if not _extension.triton_installed():
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _why_unusable(op: str, backend: str, device: torch.device) -> str | None:
+    if backend == "native":
+        if not _extension.native_available():
+            return _extension.LOAD_ERROR
+        if not _extension.native_has_kernel(op, device.type):
+            return f"mtlkernels._C has no {device.type} kernel for {op}"
+    elif backend == "triton" and not _triton_usable(device):
+        if not _extension.triton_installed():
+            return "triton is not installed"
+        return (f"triton needs a CUDA tensor, or TRITON_INTERPRET=1 for CPU tensors; "
+                f"got a {device.type} tensor")
+    return None
+
+
+def resolve(op: str, backend: str | None, device: torch.device) -> str:
+    """The backend that will run ``op`` on ``device``; raises ValueError if the requested one can't."""
+    requested = backend if backend is not None else os.environ.get("MTLK_BACKEND", "auto")
+    source = "backend" if backend is not None else "MTLK_BACKEND"
+    if requested == "auto":
+        if device.type == "cuda":
+            order = ("native", "triton", "reference")
+        else:
+            order = ("native", "reference")
+        return next(b for b in order if _why_unusable(op, b, device) is None)
+    if requested not in BACKENDS:
+        raise ValueError(f"{op}: {source}={requested!r}; expected one of auto, {', '.join(BACKENDS)}")
+    why = _why_unusable(op, requested, device)
+    if why is not None:
+        raise ValueError(f"{op}: {source}={requested!r} is not usable here: {why}")
+    return requested

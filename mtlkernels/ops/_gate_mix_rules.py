@@ -1,0 +1,90 @@
+"""Fake (meta), autograd and vmap rules of a gate-mixture op pair.
+
+The compiled op ``mtlk::gate_mix`` and the Triton op ``mtlk::gate_mix_triton`` share one
+schema, so they share these rules; ``register(forward_name, backward_name)`` attaches them.
+
+Schemas:
+    forward(experts [B,X,D], logits [B,T,X], expert_mask [T,X]?, return_probs) -> (out [B,T,D], probs)
+    backward(grad_out [B,T,D], grad_probs [B,T,X]?, experts, logits, expert_mask?) -> (grad_experts, grad_logits)
+where probs is ``[B,T,X]`` when return_probs else ``[0,T,X]``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _fake_forward(experts, logits, expert_mask, return_probs):
+    B, X, D = experts.shape
+    T = logits.shape[1]
+    return experts.new_empty(B, T, D), logits.new_empty(B if return_probs else 0, T, X)
+
+
+def _fake_backward(grad_out, grad_probs, experts, logits, expert_mask):
+    return torch.empty_like(experts, memory_format=torch.contiguous_format), torch.empty_like(
+        logits, memory_format=torch.contiguous_format)
+
+
+def _batch_first(t, dim, n):
+    """Moves the vmap dim of ``t`` to the front, or broadcasts an unbatched ``t`` to size n."""
+    if t is None:
+        return None
+    if dim is None:
+        return t.unsqueeze(0).expand(n, *t.shape)
+    return t.movedim(dim, 0)
+
+
+def _fold(t):
+    return None if t is None else t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def _check_mask_unbatched(op_name, mask_dim):
+    if mask_dim is not None:
+        raise ValueError(f"{op_name}: vmap over expert_mask is not supported; the mask is the "
+                         "model's fixed expert structure [T, X]")
+
+
+def register(fwd_name: str, bwd_name: str) -> None:
+    """Registers fake, autograd and vmap rules on the op pair, e.g. "mtlk::gate_mix"."""
+    forward = getattr(torch.ops.mtlk, fwd_name.split("::")[1]).default
+    backward = getattr(torch.ops.mtlk, bwd_name.split("::")[1]).default
+    torch.library.register_fake(fwd_name)(_fake_forward)
+    torch.library.register_fake(bwd_name)(_fake_backward)
+
+    def setup_context(ctx, inputs, output):
+        experts, logits, expert_mask, _ = inputs
+        ctx.save_for_backward(experts, logits, expert_mask)
+
+    def backward_rule(ctx, grad_out, grad_probs):
+        experts, logits, expert_mask = ctx.saved_tensors
+        if grad_probs is not None and grad_probs.shape[0] == 0 and logits.shape[0] != 0:
+            grad_probs = None  # the [0, T, X] placeholder of return_probs=False
+        grad_experts, grad_logits = backward(grad_out, grad_probs, experts, logits, expert_mask)
+        return grad_experts, grad_logits, None, None
+
+    torch.library.register_autograd(fwd_name, backward_rule, setup_context=setup_context)
+
+    def forward_vmap(info, in_dims, experts, logits, expert_mask, return_probs):
+        e_dim, l_dim, m_dim, _ = in_dims
+        _check_mask_unbatched(fwd_name, m_dim)
+        n = info.batch_size
+        experts, logits = _batch_first(experts, e_dim, n), _batch_first(logits, l_dim, n)
+        B = experts.shape[1]
+        out, probs = forward(_fold(experts), _fold(logits), expert_mask, return_probs)
+        out = out.unflatten(0, (n, B))
+        if return_probs:
+            return (out, probs.unflatten(0, (n, B))), (0, 0)
+        return (out, probs), (0, None)
+
+    def backward_vmap(info, in_dims, grad_out, grad_probs, experts, logits, expert_mask):
+        g_dim, gp_dim, e_dim, l_dim, m_dim = in_dims
+        _check_mask_unbatched(bwd_name, m_dim)
+        n = info.batch_size
+        grad_out = _batch_first(grad_out, g_dim, n)
+        grad_probs = _batch_first(grad_probs, gp_dim, n)
+        experts, logits = _batch_first(experts, e_dim, n), _batch_first(logits, l_dim, n)
+        B = experts.shape[1]
+        ge, gl = backward(_fold(grad_out), _fold(grad_probs), _fold(experts), _fold(logits), expert_mask)
+        return (ge.unflatten(0, (n, B)), gl.unflatten(0, (n, B))), (0, 0)
+
+    torch.library.register_vmap(fwd_name, forward_vmap)
+    torch.library.register_vmap(bwd_name, backward_vmap)
