@@ -31,90 +31,142 @@ namespace {
 
 using at::vec::Vectorized;
 
-// out[t, :] = sum_x p[t, x] * E[x, :] for one batch row (E [X, D], p [T, X], out [T, D]).
+// Stores a full vector. When the destination is vector-aligned the store is non-temporal:
+// outputs here are written once and are larger than L2, so skipping the read-for-ownership
+// saves a third of the write traffic. Callers issue store_fence() before returning.
+template <typename acc_t>
+inline void store_stream(const Vectorized<acc_t>& v, acc_t* p) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  constexpr uintptr_t kAlign = sizeof(Vectorized<acc_t>);
+  if ((reinterpret_cast<uintptr_t>(p) & (kAlign - 1)) == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<acc_t, float>) return _mm512_stream_ps(p, v);
+    if constexpr (std::is_same_v<acc_t, double>) return _mm512_stream_pd(p, v);
+#else
+    if constexpr (std::is_same_v<acc_t, float>) return _mm256_stream_ps(p, v);
+    if constexpr (std::is_same_v<acc_t, double>) return _mm256_stream_pd(p, v);
+#endif
+  }
+#endif
+  v.store(p);
+}
+
+inline void store_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// out[t, :] = sum_x p[t, x] * E[x, :] for tasks t0 .. t0+NT-1 of one batch row
+// (E [X, D], p [T, X], out [T, D]). Each expert vector loaded feeds NT accumulators.
+template <int NT, typename acc_t>
+void mix_tasks(const acc_t* E, const acc_t* p, acc_t* out, int64_t t0, int64_t X, int64_t D) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  int64_t d = 0;
+  for (; d + 2 * V <= D; d += 2 * V) {
+    Vec a0[NT], a1[NT];
+    for (int j = 0; j < NT; ++j) a0[j] = a1[j] = Vec(0);
+    for (int64_t x = 0; x < X; ++x) {
+      const Vec e0 = Vec::loadu(E + x * D + d);
+      const Vec e1 = Vec::loadu(E + x * D + d + V);
+      for (int j = 0; j < NT; ++j) {
+        const Vec w(p[(t0 + j) * X + x]);
+        a0[j] = at::vec::fmadd(w, e0, a0[j]);
+        a1[j] = at::vec::fmadd(w, e1, a1[j]);
+      }
+    }
+    for (int j = 0; j < NT; ++j) {
+      store_stream(a0[j], out + (t0 + j) * D + d);
+      store_stream(a1[j], out + (t0 + j) * D + d + V);
+    }
+  }
+  for (; d < D; d += V) {
+    const int64_t n = std::min<int64_t>(V, D - d);
+    Vec a[NT];
+    for (int j = 0; j < NT; ++j) a[j] = Vec(0);
+    for (int64_t x = 0; x < X; ++x) {
+      const Vec e = Vec::loadu(E + x * D + d, n);
+      for (int j = 0; j < NT; ++j) a[j] = at::vec::fmadd(Vec(p[(t0 + j) * X + x]), e, a[j]);
+    }
+    for (int j = 0; j < NT; ++j) a[j].store(out + (t0 + j) * D + d, n);
+  }
+}
+
+// out[t, :] = sum_x p[t, x] * E[x, :] for one batch row, tasks in groups of four.
 template <typename acc_t>
 void mix_row(const acc_t* E, const acc_t* p, acc_t* out, int64_t T, int64_t X, int64_t D) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  for (int64_t t = 0; t < T; ++t) {
-    const acc_t* pt = p + t * X;
-    acc_t* ot = out + t * D;
-    int64_t d = 0;
-    for (; d + 4 * V <= D; d += 4 * V) {
-      Vec a0(0), a1(0), a2(0), a3(0);
-      for (int64_t x = 0; x < X; ++x) {
-        const Vec w(pt[x]);
-        const acc_t* e = E + x * D + d;
-        a0 = at::vec::fmadd(w, Vec::loadu(e), a0);
-        a1 = at::vec::fmadd(w, Vec::loadu(e + V), a1);
-        a2 = at::vec::fmadd(w, Vec::loadu(e + 2 * V), a2);
-        a3 = at::vec::fmadd(w, Vec::loadu(e + 3 * V), a3);
-      }
-      a0.store(ot + d);
-      a1.store(ot + d + V);
-      a2.store(ot + d + 2 * V);
-      a3.store(ot + d + 3 * V);
-    }
-    for (; d < D; d += V) {
-      const int64_t n = std::min<int64_t>(V, D - d);
-      Vec a(0);
-      for (int64_t x = 0; x < X; ++x) {
-        a = at::vec::fmadd(Vec(pt[x]), Vec::loadu(E + x * D + d, n), a);
-      }
-      a.store(ot + d, n);
-    }
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) mix_tasks<4>(E, p, out, t, X, D);
+  switch (T - t) {
+    case 3: mix_tasks<3>(E, p, out, t, X, D); break;
+    case 2: mix_tasks<2>(E, p, out, t, X, D); break;
+    case 1: mix_tasks<1>(E, p, out, t, X, D); break;
+    default: break;
   }
 }
 
-// <u, v> over n contiguous elements.
-template <typename acc_t>
-acc_t dot(const acc_t* u, const acc_t* v, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  Vec a0(0), a1(0);
-  int64_t i = 0;
-  for (; i + 2 * V <= n; i += 2 * V) {
-    a0 = at::vec::fmadd(Vec::loadu(u + i), Vec::loadu(v + i), a0);
-    a1 = at::vec::fmadd(Vec::loadu(u + i + V), Vec::loadu(v + i + V), a1);
-  }
-  for (; i < n; i += V) {
-    const int64_t k = std::min<int64_t>(V, n - i);
-    a0 = at::vec::fmadd(Vec::loadu(u + i, k), Vec::loadu(v + i, k), a0);
-  }
-  return at::vec::vec_reduce_all<acc_t>([](Vec& x, Vec& y) { return x + y; }, a0 + a1);
-}
-
-// One batch row of the backward: dE[x, :] = sum_t p[t, x] * g[t, :] and
-// dp[t, x] = <g[t, :], E[x, :]>.
-template <typename acc_t>
-void mix_row_backward(const acc_t* E, const acc_t* p, const acc_t* g, acc_t* dE, acc_t* dp,
-                      int64_t T, int64_t X, int64_t D) {
+// Backward of tasks t0 .. t0+NT-1 of one batch row, in one pass over E and g:
+//   dE[x, :] (+)= sum_j p[t0+j, x] * g[t0+j, :]    (accumulates onto dE unless `first`)
+//   dp[t0+j, x]  = <g[t0+j, :], E[x, :]>
+// dE is streamed past the cache only when one group covers all tasks (`stream`): with
+// several groups the partial sums are read back, and a non-temporal store to a line that
+// is in cache, or a load of a line just streamed out, stalls on memory.
+template <int NT, typename acc_t>
+void mix_backward_tasks(const acc_t* E, const acc_t* p, const acc_t* g, acc_t* dE, acc_t* dp,
+                        int64_t t0, int64_t X, int64_t D, bool first, bool stream) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   for (int64_t x = 0; x < X; ++x) {
-    acc_t* de = dE + x * D;
+    const acc_t* e_row = E + x * D;
+    acc_t* de_row = dE + x * D;
+    Vec dot[NT];
+    for (int j = 0; j < NT; ++j) dot[j] = Vec(0);
     int64_t d = 0;
-    for (; d + 2 * V <= D; d += 2 * V) {
-      Vec a0(0), a1(0);
-      for (int64_t t = 0; t < T; ++t) {
-        const Vec w(p[t * X + x]);
-        a0 = at::vec::fmadd(w, Vec::loadu(g + t * D + d), a0);
-        a1 = at::vec::fmadd(w, Vec::loadu(g + t * D + d + V), a1);
+    for (; d + V <= D; d += V) {
+      const Vec e = Vec::loadu(e_row + d);
+      Vec de = first ? Vec(0) : Vec::loadu(de_row + d);
+      for (int j = 0; j < NT; ++j) {
+        const Vec gj = Vec::loadu(g + (t0 + j) * D + d);
+        de = at::vec::fmadd(Vec(p[(t0 + j) * X + x]), gj, de);
+        dot[j] = at::vec::fmadd(gj, e, dot[j]);
       }
-      a0.store(de + d);
-      a1.store(de + d + V);
+      if (stream) {
+        store_stream(de, de_row + d);
+      } else {
+        de.store(de_row + d);
+      }
     }
-    for (; d < D; d += V) {
-      const int64_t n = std::min<int64_t>(V, D - d);
-      Vec a(0);
-      for (int64_t t = 0; t < T; ++t) {
-        a = at::vec::fmadd(Vec(p[t * X + x]), Vec::loadu(g + t * D + d, n), a);
+    if (d < D) {
+      const int64_t n = D - d;
+      const Vec e = Vec::loadu(e_row + d, n);
+      Vec de = first ? Vec(0) : Vec::loadu(de_row + d, n);
+      for (int j = 0; j < NT; ++j) {
+        const Vec gj = Vec::loadu(g + (t0 + j) * D + d, n);
+        de = at::vec::fmadd(Vec(p[(t0 + j) * X + x]), gj, de);
+        dot[j] = at::vec::fmadd(gj, e, dot[j]);
       }
-      a.store(de + d, n);
+      de.store(de_row + d, n);
+    }
+    for (int j = 0; j < NT; ++j) {
+      dp[(t0 + j) * X + x] = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, dot[j]);
     }
   }
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t x = 0; x < X; ++x) dp[t * X + x] = dot(g + t * D, E + x * D, D);
+}
+
+// One batch row of the backward: dE[x, :] = sum_t p[t, x] * g[t, :] and
+// dp[t, x] = <g[t, :], E[x, :]>, tasks in groups of four.
+template <typename acc_t>
+void mix_row_backward(const acc_t* E, const acc_t* p, const acc_t* g, acc_t* dE, acc_t* dp,
+                      int64_t T, int64_t X, int64_t D) {
+  const bool stream = T <= 4;
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) mix_backward_tasks<4>(E, p, g, dE, dp, t, X, D, t == 0, stream);
+  switch (T - t) {
+    case 3: mix_backward_tasks<3>(E, p, g, dE, dp, t, X, D, t == 0, stream); break;
+    case 2: mix_backward_tasks<2>(E, p, g, dE, dp, t, X, D, t == 0, stream); break;
+    case 1: mix_backward_tasks<1>(E, p, g, dE, dp, t, X, D, t == 0, stream); break;
+    default: break;
   }
 }
 
@@ -145,15 +197,43 @@ class BadRow {
 };
 
 // The T gate rows of batch row b into p [T, X]; false (and the row reported) if any is bad.
+// Same math as mtlk::masked_softmax_row, arranged so every pass vectorises over the T*X
+// entries of the batch row. Bad rows need no extra test: a NaN logit, a +inf logit
+// (inf - inf) and a row with no visible expert (-inf - -inf) all make the row sum NaN.
 template <typename scalar_t, typename acc_t>
 bool softmax_rows(const scalar_t* Lb, const bool* M, int64_t b, int64_t T, int64_t X, acc_t* p,
                   BadRow& bad) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+  const int64_t n = T * X;
+  if (M != nullptr) {
+    for (int64_t i = 0; i < n; ++i) p[i] = M[i] ? static_cast<acc_t>(Lb[i]) : kNegInf;
+  } else {
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<acc_t>(Lb[i]);
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    acc_t* q = p + t * X;
+    acc_t m = kNegInf;
+    for (int64_t x = 0; x < X; ++x) m = q[x] > m ? q[x] : m;
+    for (int64_t x = 0; x < X; ++x) q[x] -= m;
+  }
+  for (int64_t i = 0; i < n; i += V) {
+    const int64_t k = std::min<int64_t>(V, n - i);
+    Vec::loadu(p + i, k).exp().store(p + i, k);
+  }
   bool ok = true;
   for (int64_t t = 0; t < T; ++t) {
-    if (masked_softmax_row(Lb + t * X, M ? M + t * X : nullptr, X, p + t * X) != kGateRowOk) {
+    acc_t* q = p + t * X;
+    acc_t s = 0;
+    for (int64_t x = 0; x < X; ++x) s += q[x];
+    if (!(s > 0)) {
       bad.report(b * T + t);
       ok = false;
+      continue;
     }
+    const acc_t inv = acc_t(1) / s;
+    for (int64_t x = 0; x < X; ++x) q[x] *= inv;
   }
   return ok;
 }
@@ -189,6 +269,7 @@ void forward_rows(const scalar_t* E, const scalar_t* L, const bool* M, scalar_t*
         mix_row(E + b * X * D, p.data(), O + b * T * D, T, X, D);
       }
     }
+    store_fence();
   });
   bad.raise_if_any(L, M, T, X, "gate_mix");
 }
@@ -223,6 +304,7 @@ void backward_rows(const scalar_t* G, const scalar_t* GP, const scalar_t* E, con
         softmax_backward_row(&p[t * X], &dp[t * X], gpt, X, dL + (b * T + t) * X);
       }
     }
+    store_fence();
   });
   bad.raise_if_any(L, M, T, X, "gate_mix_backward");
 }

@@ -26,12 +26,10 @@ enum GateRowStatus : int {
   kGateRowEmpty = 2,      // no allowed expert, or every allowed logit is -inf
 };
 
-// Masked, max-subtracted softmax of one row. `allowed` may be null (all experts
-// allowed). Writes X probabilities into `p` (acc_t precision) and returns a status;
-// on a bad status `p` holds zeros.
+// Maximum logit over the allowed experts of one row (`allowed` may be null: all allowed).
+// Returns kGateRowOk, or the reason the row cannot be normalised.
 template <typename in_t, typename acc_t>
-MTLK_HOST_DEVICE int masked_softmax_row(const in_t* logits, const bool* allowed,
-                                        int64_t X, acc_t* p) {
+MTLK_HOST_DEVICE int masked_row_max(const in_t* logits, const bool* allowed, int64_t X, acc_t* max_out) {
   acc_t m = -INFINITY;
   bool bad = false;
   for (int64_t x = 0; x < X; ++x) {
@@ -40,9 +38,21 @@ MTLK_HOST_DEVICE int masked_softmax_row(const in_t* logits, const bool* allowed,
     if (v != v || v == INFINITY) bad = true;
     m = v > m ? v : m;
   }
-  if (bad || m == -INFINITY) {
+  *max_out = m;
+  if (bad) return kGateRowNonFinite;
+  return m == -INFINITY ? kGateRowEmpty : kGateRowOk;
+}
+
+// Masked, max-subtracted softmax of one row. Writes X probabilities into `p` (acc_t
+// precision) and returns a status; on a bad status `p` holds zeros.
+template <typename in_t, typename acc_t>
+MTLK_HOST_DEVICE int masked_softmax_row(const in_t* logits, const bool* allowed,
+                                        int64_t X, acc_t* p) {
+  acc_t m;
+  const int status = masked_row_max(logits, allowed, X, &m);
+  if (status != kGateRowOk) {
     for (int64_t x = 0; x < X; ++x) p[x] = acc_t(0);
-    return bad ? kGateRowNonFinite : kGateRowEmpty;
+    return status;
   }
   acc_t s = acc_t(0);
   for (int64_t x = 0; x < X; ++x) {

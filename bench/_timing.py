@@ -1,0 +1,50 @@
+"""Timing helpers shared by the bench scripts: interleaved medians and bandwidth probes."""
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int = 25, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved so drift hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    gc.collect()
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7) -> float:
+    """Measured copy bandwidth in GB/s (bytes read + bytes written) on the current thread count."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    t = interleaved_medians({"copy": lambda: dst.copy_(src)}, reps=reps, warmup=2)["copy"]
+    return 2 * nbytes / t / 1e9
+
+
+# glibc returns large freed blocks to the OS, so every fresh output tensor above the mmap
+# threshold is first-touched again: on these VMs a page fault costs about a microsecond and
+# can dominate a millisecond-scale op. A caching allocator (CUDA's, or jemalloc/tcmalloc
+# on CPU) avoids that; these settings give glibc the same steady state.
+STEADY_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+
+
+def ensure_steady_malloc(system_malloc: bool) -> str:
+    """Re-executes this script with STEADY_MALLOC_ENV unless asked not to; returns a label."""
+    if system_malloc:
+        return "glibc defaults (fresh pages for large outputs)"
+    if any(os.environ.get(k) != v for k, v in STEADY_MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC_ENV})
+    return "glibc with mmap/trim thresholds raised (steady state, like a caching allocator)"
