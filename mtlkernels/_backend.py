@@ -40,7 +40,16 @@ def _why_unusable(op: str, backend: str, device: torch.device) -> str | None:
 
 
 def resolve(op: str, backend: str | None, device: torch.device) -> str:
-    """The backend that will run ``op`` on ``device``; raises ValueError if the requested one can't."""
+    """The backend that will run ``op`` on ``device``; raises ValueError if the requested one can't.
+
+    Under ``torch.compile`` the choice is made once, at trace time, and is a constant of the graph.
+    """
+    return _resolve(op, backend, device.type)
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op: str, backend: str | None, device_type: str) -> str:
+    device = torch.device(device_type)
     requested = backend if backend is not None else os.environ.get("MTLK_BACKEND", "auto")
     source = "backend" if backend is not None else "MTLK_BACKEND"
     if requested == "auto":
