@@ -1,0 +1,103 @@
+"""ESMM and ESM2: entire-space conversion models (ALGORITHMS.md 1.6-1.7).
+
+Both return raw tower logits ``[B, K]``; the composed probabilities and the losses are
+computed in log space by the functions here, never as ratios of probabilities.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtlkernels.nn.base import MultiTaskModel
+from mtlkernels.nn.losses import bce_from_log_prob, bce_from_logits, check_binary_labels
+from mtlkernels.nn.towers import Towers
+
+
+class ESMM(MultiTaskModel):
+    """Entire Space Multi-task Model (Ma et al., SIGIR 2018).
+
+    Two towers on the shared input: CTR and CVR. ``forward`` returns logits ``[B, 2]``
+    (column 0 pCTR, column 1 pCVR = p(conversion | click)); ``pCTCVR = pCTR * pCVR``.
+    Shared: whatever produces ``x`` (the embeddings; this module has no shared layer).
+    Representation: ``x`` itself. Official tower widths (XDL): 200 -> 80.
+    """
+
+    _task_specific = ("towers",)
+
+    def __init__(self, input_dim: int, tower_hidden: Sequence[int] = (200, 80), *, batch_norm: bool = False,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.towers = Towers(2, input_dim, tower_hidden, shared_input=True, batch_norm=batch_norm, dropout=dropout)
+
+    def forward(self, x: Tensor, return_representation: bool = False):
+        logits = self.towers(x)
+        return (logits, x) if return_representation else logits
+
+    @staticmethod
+    def predictions(logits: Tensor) -> dict[str, Tensor]:
+        """``{"ctr", "cvr", "ctcvr"}`` probabilities ``[B]`` from the logits."""
+        log_ctr, log_cvr = F.logsigmoid(logits[:, 0]), F.logsigmoid(logits[:, 1])
+        return {"ctr": log_ctr.exp(), "cvr": log_cvr.exp(), "ctcvr": (log_ctr + log_cvr).exp()}
+
+    @staticmethod
+    def loss(logits: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+        """Per-task losses ``[2]`` over all impressions: BCE(click, pCTR) and
+        BCE(click AND conversion, pCTR * pCVR). No direct CVR loss (the paper's point).
+        Means over the batch; sum them (or hand them to a balancing method)."""
+        B = logits.shape[0]
+        check_binary_labels("click", click, B)
+        check_binary_labels("conversion", conversion, B)
+        ctr = bce_from_logits(logits[:, 0], click)
+        log_ctcvr = F.logsigmoid(logits[:, 0]) + F.logsigmoid(logits[:, 1])
+        return torch.stack([ctr, bce_from_log_prob(log_ctcvr, click * conversion)])
+
+
+class ESM2(MultiTaskModel):
+    """ESM2 (Wen et al., SIGIR 2020), the decomposition of the paper as ALGORITHMS.md 1.7 states it:
+
+    four towers ``y1 = p(click)``, ``y2 = p(DAction | click)``, ``y3 = p(buy | click, no DAction)``,
+    ``y4 = p(buy | click, DAction)``; ``pCTAVR = y1 y2``, ``pCVR = y2 y4 + (1 - y2) y3`` (a convex
+    combination, so in [0, 1]), ``pCTCVR = y1 pCVR``. The two public re-implementations deviate
+    from this (ALGORITHMS.md Part 6 item 13); we follow the paper's path impression -> click ->
+    {DAction | OAction} -> purchase because its probabilities are consistent by construction.
+    ``forward`` returns logits ``[B, 4]`` (y1..y4).
+    """
+
+    _task_specific = ("towers",)
+
+    def __init__(self, input_dim: int, tower_hidden: Sequence[int] = (200, 80), *, batch_norm: bool = False,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.towers = Towers(4, input_dim, tower_hidden, shared_input=True, batch_norm=batch_norm, dropout=dropout)
+
+    def forward(self, x: Tensor, return_representation: bool = False):
+        logits = self.towers(x)
+        return (logits, x) if return_representation else logits
+
+    @staticmethod
+    def log_probs(logits: Tensor) -> dict[str, Tensor]:
+        """Log-probabilities ``[B]`` of ``ctr``, ``ctavr``, ``cvr`` and ``ctcvr``."""
+        l1, l2 = F.logsigmoid(logits[:, 0]), F.logsigmoid(logits[:, 1])
+        l2_not = F.logsigmoid(-logits[:, 1])
+        l3, l4 = F.logsigmoid(logits[:, 2]), F.logsigmoid(logits[:, 3])
+        log_cvr = torch.logaddexp(l2 + l4, l2_not + l3)
+        return {"ctr": l1, "ctavr": l1 + l2, "cvr": log_cvr, "ctcvr": l1 + log_cvr}
+
+    @classmethod
+    def predictions(cls, logits: Tensor) -> dict[str, Tensor]:
+        return {k: v.exp() for k, v in cls.log_probs(logits).items()}
+
+    @classmethod
+    def loss(cls, logits: Tensor, click: Tensor, daction: Tensor, purchase: Tensor) -> Tensor:
+        """Per-task losses ``[3]`` over all impressions: BCE(click, pCTR), BCE(click AND DAction,
+        pCTAVR), BCE(click AND purchase, pCTCVR); batch means, weights 1 as in the paper."""
+        B = logits.shape[0]
+        for name, label in (("click", click), ("daction", daction), ("purchase", purchase)):
+            check_binary_labels(name, label, B)
+        lp = cls.log_probs(logits)
+        return torch.stack([bce_from_logits(logits[:, 0], click),
+                            bce_from_log_prob(lp["ctavr"], click * daction),
+                            bce_from_log_prob(lp["ctcvr"], click * purchase)])

@@ -1,0 +1,37 @@
+"""Numerically stable probability algebra for the entire-space models (ESMM, ESM2, AITM).
+
+Everything is in log space from tower logits: ``log sigmoid(a) = -softplus(-a)``; products of
+probabilities are sums of logs; ``log(1 - p)`` from ``log p`` uses ``log(-expm1(log p))`` when
+``log p > -ln 2`` and ``log1p(-exp(log p))`` otherwise (ALGORITHMS.md 1.6).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def log1mexp(log_p: Tensor) -> Tensor:
+    """``log(1 - exp(log_p))`` for ``log_p <= 0``, accurate at both ends."""
+    return torch.where(log_p > -math.log(2.0), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+
+
+def bce_from_log_prob(log_p: Tensor, label: Tensor) -> Tensor:
+    """Mean binary cross-entropy of probability ``exp(log_p)`` against 0/1 ``label``."""
+    label = label.to(log_p.dtype)
+    return -(label * log_p + (1 - label) * log1mexp(log_p)).mean()
+
+
+def bce_from_logits(logits: Tensor, label: Tensor) -> Tensor:
+    """Mean binary cross-entropy with logits (per task when ``logits``/``label`` are ``[B, T]``)."""
+    per = F.binary_cross_entropy_with_logits(logits, label.to(logits.dtype), reduction="none")
+    return per.mean(dim=0)
+
+
+def check_binary_labels(name: str, label: Tensor, batch: int) -> None:
+    if label.shape != (batch,):
+        raise ValueError(f"{name} must be [B] = [{batch}], got {tuple(label.shape)}")
+    if not torch.compiler.is_compiling() and bool(((label != 0) & (label != 1)).any()):
+        raise ValueError(f"{name} must hold only 0/1 labels")

@@ -1,0 +1,139 @@
+"""CGC and PLE (Tang et al., RecSys 2020; ALGORITHMS.md 1.4-1.5).
+
+Level j holds, for each task k, ``m_k`` task experts, plus ``m_s`` shared experts. Task gate
+k mixes its own experts and the shared ones; at every level but the last a shared gate mixes
+ALL experts of the level. Level 1 reads ``x``; at level j > 1 task-k experts read task k's
+mixture of level j-1 and shared experts read the shared mixture. All experts of a level run
+as one grouped product and all gates of a level as one fused ``gate_mix`` call with a
+``[gates, experts]`` visibility mask, so unequal expert counts cost nothing extra.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlkernels.nn.base import MultiTaskModel
+from mtlkernels.nn.gates import Gates
+from mtlkernels.nn.grouped import GroupedMLP
+from mtlkernels.nn.towers import Towers
+from mtlkernels.ops import gate_mix
+
+
+def expert_layout(task_experts: Sequence[int], shared_experts: int) -> tuple[list[int], list[list[int]]]:
+    """Owner of each expert (task index, or T for shared) and the experts each task gate sees.
+
+    Experts are ordered task 0's, task 1's, ..., then the shared ones.
+    """
+    T = len(task_experts)
+    owner = [k for k in range(T) for _ in range(task_experts[k])] + [T] * shared_experts
+    shared = [i for i, o in enumerate(owner) if o == T]
+    visible = [[i for i, o in enumerate(owner) if o == k] + shared for k in range(T)]
+    return owner, visible
+
+
+class PLELevel(nn.Module):
+    """One extraction level: experts of every task and shared, task gates, optional shared gate.
+
+    Input: ``x [B, in]`` at the first level, else ``[T+1, B, in]`` (task mixtures, then the
+    shared mixture). Output: ``[T+1, B, D]`` with the shared gate, else ``[T, B, D]``.
+    """
+
+    def __init__(self, in_features: int, task_experts: Sequence[int], shared_experts: int,
+                 expert_hidden: Sequence[int], *, first: bool, shared_gate: bool, batch_norm: bool, dropout: float):
+        super().__init__()
+        T = len(task_experts)
+        owner, visible = expert_layout(task_experts, shared_experts)
+        if shared_gate:
+            visible = visible + [list(range(len(owner)))]
+        self.first = first
+        self.num_experts = len(owner)
+        self.register_buffer("owner", torch.tensor(owner), persistent=False)
+        self.experts = GroupedMLP(len(owner), in_features, expert_hidden, shared_input=first,
+                                  batch_norm=batch_norm, dropout=dropout)
+        self.gates = Gates(visible, len(owner), in_features, shared_input=first)
+        self.gate_inputs = T + 1 if shared_gate else T
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (the level's mixtures ``[gates, B, D]``, its expert outputs ``[B, X, D]``)."""
+        if self.first:
+            experts = self.experts(h)
+            logits = self.gates(h)
+        else:
+            experts = self.experts(h.index_select(0, self.owner))  # each expert reads its owner's mixture
+            logits = self.gates(h[:self.gate_inputs])
+        experts = experts.transpose(0, 1)  # [B, X, D]
+        mixed = gate_mix(experts, logits, expert_mask=self.gates.expert_mask())
+        return mixed.transpose(0, 1), experts
+
+
+class PLE(MultiTaskModel):
+    """Progressive Layered Extraction with ``num_levels`` levels (CGC is one level).
+
+    Args:
+        input_dim: width of ``x``.
+        num_tasks: T.
+        task_experts: experts per task at every level, an int or one count per task (may differ).
+        shared_experts: shared experts per level.
+        expert_hidden: MLP widths of every expert (each level's experts take the previous
+            level's width as input).
+        num_levels: N >= 1; levels 1..N-1 have a shared gate, level N does not.
+
+    Shared parameters: everything but the towers and the last level's task gates. The last
+    level's task experts share one grouped weight with its shared experts, so they count as
+    shared (other tasks' gradients on them are zero) unless the model has no shared experts.
+    Representation: the last level's expert outputs ``[B, X, D]``.
+    """
+
+    def __init__(self, input_dim: int, num_tasks: int, task_experts: int | Sequence[int] = 4,
+                 shared_experts: int = 4, expert_hidden: Sequence[int] = (256, 128),
+                 tower_hidden: Sequence[int] = (64,), num_levels: int = 2, *,
+                 batch_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        counts = [task_experts] * num_tasks if isinstance(task_experts, int) else list(task_experts)
+        if len(counts) != num_tasks:
+            raise ValueError(f"PLE: task_experts has {len(counts)} counts for {num_tasks} tasks")
+        if any(c < 0 for c in counts) or shared_experts < 0:
+            raise ValueError(f"PLE: expert counts must be >= 0, got task_experts={counts}, shared={shared_experts}")
+        if shared_experts == 0 and min(counts) == 0:
+            raise ValueError(f"PLE: task {counts.index(0)} has no expert and there are no shared experts")
+        if num_levels < 1:
+            raise ValueError(f"PLE: num_levels must be >= 1, got {num_levels}")
+        self.num_tasks, self.num_levels = num_tasks, num_levels
+        self.task_experts, self.shared_experts = counts, shared_experts
+        width = expert_hidden[-1]
+        self.levels = nn.ModuleList(
+            PLELevel(input_dim if j == 0 else width, counts, shared_experts, expert_hidden, first=j == 0,
+                     shared_gate=j < num_levels - 1, batch_norm=batch_norm, dropout=dropout)
+            for j in range(num_levels))
+        self.towers = Towers(num_tasks, width, tower_hidden, batch_norm=batch_norm, dropout=dropout)
+
+    def task_specific_parameters(self):
+        last = self.levels[-1]
+        yield from self.towers.parameters()
+        yield from last.gates.parameters()
+        if self.shared_experts == 0:
+            yield from last.experts.parameters()  # no shared expert: each feeds one task only
+
+    def shared_parameters(self):
+        specific = {id(p) for p in self.task_specific_parameters()}
+        return (p for p in self.parameters() if id(p) not in specific)
+
+    def forward(self, x: Tensor, return_representation: bool = False):
+        h = x
+        experts = None
+        for level in self.levels:
+            h, experts = level(h)
+        logits = self.towers(h)
+        return (logits, experts) if return_representation else logits
+
+
+class CGC(PLE):
+    """Customized Gate Control: PLE with one level (no shared gate)."""
+
+    def __init__(self, input_dim: int, num_tasks: int, task_experts: int | Sequence[int] = 4,
+                 shared_experts: int = 4, expert_hidden: Sequence[int] = (256, 128),
+                 tower_hidden: Sequence[int] = (64,), *, batch_norm: bool = False, dropout: float = 0.0):
+        super().__init__(input_dim, num_tasks, task_experts, shared_experts, expert_hidden, tower_hidden,
+                         num_levels=1, batch_norm=batch_norm, dropout=dropout)

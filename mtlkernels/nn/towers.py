@@ -1,0 +1,24 @@
+"""Task towers: T small MLPs ending in one logit each, run as grouped matrix products."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mtlkernels.nn.grouped import GroupedMLP
+
+
+class Towers(nn.Module):
+    """T towers ``in -> hidden... -> 1`` (ReLU between layers, no activation on the logit).
+
+    Input ``[T, B, in]`` (one representation per task, e.g. ``gate_mix(...).transpose(0, 1)``)
+    or, with ``shared_input=True``, one ``[B, in]`` read by every tower. Output logits ``[B, T]``.
+    """
+
+    def __init__(self, num_tasks: int, in_features: int, hidden: tuple[int, ...] | list[int] = (64,), *,
+                 shared_input: bool = False, batch_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.mlp = GroupedMLP(num_tasks, in_features, [*hidden, 1], shared_input=shared_input,
+                              last_activation=False, batch_norm=batch_norm, dropout=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(x).squeeze(-1).t()

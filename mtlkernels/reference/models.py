@@ -1,0 +1,71 @@
+"""Expert-by-expert, gate-by-gate forward passes of the models, written literally from the
+equations of ALGORITHMS.md Part 1 with ``F.linear`` and ``softmax`` on the models' own
+parameters: the oracle the grouped/fused models are tested against."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtlkernels.nn.grouped import GroupedMLP
+
+
+def group_mlp(mlp: GroupedMLP, g: int, x: Tensor) -> Tensor:
+    """Group g's MLP of a GroupedMLP on ``x [B, in]`` (no batch norm, eval-mode dropout)."""
+    if mlp.norms is not None:
+        raise ValueError("reference models: batch norm is not modelled")
+    h = x
+    last = len(mlp.layers) - 1
+    for i, layer in enumerate(mlp.layers):
+        h = F.linear(h, layer.group_weight(g), None if layer.bias is None else layer.bias[g])
+        if (i < last or mlp.last_activation) and mlp.activation == "relu":
+            h = torch.relu(h)
+    return h
+
+
+def gate_mixture(gates, g: int, visible: list[int], x: Tensor, experts: list[Tensor]) -> Tensor:
+    """``sum_{e in visible} softmax(W_g x + b_g)_e * experts[e]``."""
+    w, b = gates.gate_parameters(g)
+    probs = torch.softmax(F.linear(x, w, b), dim=-1)
+    return sum(probs[:, i:i + 1] * experts[e] for i, e in enumerate(visible))
+
+
+def towers(model, inputs: list[Tensor]) -> Tensor:
+    return torch.cat([group_mlp(model.towers.mlp, t, inputs[t]) for t in range(len(inputs))], dim=1)
+
+
+def mmoe(model, x: Tensor) -> Tensor:
+    """MMoE / OMoE: ``y_t = tower_t(sum_e g^t(x)_e f_e(x))`` (OMoE: one gate for all towers)."""
+    X = model.num_experts
+    experts = [group_mlp(model.experts, e, x) for e in range(X)]
+    mixtures = [gate_mixture(model.gates, g, list(range(X)), x, experts) for g in range(model.gates.num_gates)]
+    if len(mixtures) == 1:
+        mixtures = mixtures * model.num_tasks
+    return towers(model, mixtures)
+
+
+def shared_bottom(model, x: Tensor) -> Tensor:
+    h = group_mlp(model.bottom, 0, x)
+    return towers(model, [h] * model.num_tasks)
+
+
+def ple(model, x: Tensor) -> Tensor:
+    """PLE as ALGORITHMS.md 1.5 states it. Experts of a level are ordered task 0's, task 1's,
+    ..., shared; task gate k sees task k's experts then the shared ones; the shared gate
+    (levels 1..N-1) sees all experts of the level."""
+    T = model.num_tasks
+    counts, m_s = model.task_experts, model.shared_experts
+    starts = [sum(counts[:k]) for k in range(T)]
+    shared_idx = list(range(sum(counts), sum(counts) + m_s))
+    task_in, shared_in = [x] * T, x
+    for j, level in enumerate(model.levels):
+        experts = []
+        for k in range(T):
+            experts += [group_mlp(level.experts, starts[k] + i, task_in[k]) for i in range(counts[k])]
+        experts += [group_mlp(level.experts, e, shared_in) for e in shared_idx]
+        new_task_in = [gate_mixture(level.gates, k, list(range(starts[k], starts[k] + counts[k])) + shared_idx,
+                                    task_in[k], experts) for k in range(T)]
+        if j < len(model.levels) - 1:
+            shared_in = gate_mixture(level.gates, T, list(range(len(experts))), shared_in, experts)
+        task_in = new_task_in
+    return towers(model, task_in)

@@ -1,0 +1,123 @@
+"""The grouped/fused models against expert-by-expert references, and their structure."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtlkernels import nn as mnn
+from mtlkernels.reference import models as ref
+
+
+def assert_same_forward_backward(model, reference_fn, x):
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    out = model(x1)
+    expected = reference_fn(model, x2)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-10)
+    g = torch.randn_like(out)
+    params = list(model.parameters())
+    got = torch.autograd.grad(out, [x1, *params], g, allow_unused=True)
+    want = torch.autograd.grad(expected, [x2, *params], g, allow_unused=True)
+    for (name, _), a, b in zip([("x", None), *model.named_parameters()], got, want):
+        a = torch.zeros_like(b) if a is None and b is not None else a
+        b = torch.zeros_like(a) if b is None and a is not None else b
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=f"gradient of {name}")
+
+
+MODELS = {
+    "shared_bottom": (lambda: mnn.SharedBottom(12, 3, (16, 8), (6,)), ref.shared_bottom),
+    "omoe": (lambda: mnn.OMoE(12, 3, 4, (16, 8), (6,)), ref.mmoe),
+    "mmoe": (lambda: mnn.MMoE(12, 3, 5, (16, 8), (6,)), ref.mmoe),
+    "mmoe-one-layer-experts-no-tower-hidden": (lambda: mnn.MMoE(12, 2, 3, (7,), ()), ref.mmoe),
+    "cgc-unequal": (lambda: mnn.CGC(12, 3, task_experts=[1, 3, 2], shared_experts=2, expert_hidden=(9,)), ref.ple),
+    "ple-2-levels-unequal": (lambda: mnn.PLE(12, 3, [2, 1, 3], 2, (10, 8), (5,), num_levels=2), ref.ple),
+    "ple-3-levels-task-without-experts": (lambda: mnn.PLE(12, 3, [2, 0, 1], 1, (8,), (4,), num_levels=3), ref.ple),
+    "ple-no-shared-experts": (lambda: mnn.PLE(12, 2, [2, 3], 0, (8,), (4,), num_levels=2), ref.ple),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_matches_expert_loop_reference(name):
+    make, reference_fn = MODELS[name]
+    model = make().double()
+    assert_same_forward_backward(model, reference_fn, torch.randn(17, 12, dtype=torch.float64))
+
+
+def test_cgc_task_sees_exactly_its_own_and_the_shared_experts():
+    counts, shared = [1, 3, 2], 2
+    model = mnn.CGC(10, 3, task_experts=counts, shared_experts=shared, expert_hidden=(6,)).double()
+    x = torch.randn(9, 10, dtype=torch.float64)
+    w = model.levels[0].experts.layers[0].weight  # [in, X, out]: expert e is w[:, e]
+    owner = [0, 1, 1, 1, 2, 2, 3, 3]  # 3 = shared
+    for t in range(3):
+        (g,) = torch.autograd.grad(model(x)[:, t].sum(), w)
+        touched = [bool(g[:, e].abs().sum() > 0) for e in range(len(owner))]
+        assert touched == [o in (t, 3) for o in owner], (t, touched)
+
+
+def test_ple_inner_level_has_a_shared_gate_and_the_last_does_not():
+    model = mnn.PLE(8, 2, [1, 2], 1, (4,), num_levels=3)
+    gates = [lvl.gates.num_gates for lvl in model.levels]
+    assert gates == [3, 3, 2]
+    assert model.levels[0].gates.counts == [2, 3, 3 + 1]  # own + shared; shared gate sees all 4
+
+
+def test_shared_and_task_specific_parameters_partition_the_model():
+    for make, _ in MODELS.values():
+        model = make()
+        shared = {id(p) for p in model.shared_parameters()}
+        specific = {id(p) for p in model.task_specific_parameters()}
+        assert not shared & specific
+        assert shared | specific == {id(p) for p in model.parameters()}
+
+
+def test_mmoe_gate_and_tower_slices_get_one_task_only():
+    """Gates and towers are stacked per task; task t's loss reaches only task t's slice."""
+    T, X = 3, 4
+    model = mnn.MMoE(8, T, X, (6,), (5,))
+    out = model(torch.randn(11, 8))
+    for t in range(T):
+        g_gate, g_tower = torch.autograd.grad(out[:, t].sum(), [model.gates.weight, model.towers.mlp.layers[0].weight],
+                                              retain_graph=True)
+        rows = g_gate.abs().sum(1).view(T, X).sum(1) > 0
+        assert rows.tolist() == [u == t for u in range(T)]
+        assert [bool(g_tower[u].abs().sum() > 0) for u in range(T)] == [u == t for u in range(T)]
+
+
+def test_representation_is_in_the_graph():
+    model = mnn.MMoE(8, 2, 3, (6,), (5,))
+    logits, rep = model(torch.randn(4, 8), return_representation=True)
+    assert rep.shape == (4, 3, 6)
+    (g,) = torch.autograd.grad(logits.sum(), rep)
+    assert g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("make", [lambda: mnn.MMoE(12, 3, 4, (16, 8), (6,), batch_norm=True, dropout=0.1),
+                                  lambda: mnn.PLE(12, 2, 2, 2, (8,), (4,), batch_norm=True, dropout=0.1)])
+def test_batch_norm_and_dropout_train_and_eval(make):
+    model = make()
+    x = torch.randn(32, 12)
+    model.train()
+    a, b = model(x), model(x)
+    assert not torch.equal(a, b)  # dropout active
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(task_experts=[1, 2], shared_experts=1), "task_experts has 2 counts for 3 tasks"),
+    (dict(task_experts=[1, 0, 1], shared_experts=0), "task 1 has no expert"),
+    (dict(task_experts=2, shared_experts=1, num_levels=0), "num_levels must be >= 1"),
+])
+def test_ple_bad_configuration(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        mnn.PLE(8, 3, **kwargs)
+
+
+def test_compile_fullgraph_model_step():
+    torch._dynamo.reset()
+    model = mnn.PLE(12, 2, [1, 2], 1, (8,), (4,), num_levels=2)
+    x = torch.randn(6, 12)
+    step = torch.compile(lambda inp: model(inp).square().sum(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(step(x), model(x).square().sum())
