@@ -14,8 +14,16 @@ from torch import Tensor
 
 
 def log1mexp(log_p: Tensor) -> Tensor:
-    """``log(1 - exp(log_p))`` for ``log_p <= 0``, accurate at both ends."""
-    return torch.where(log_p > -math.log(2.0), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+    """``log(1 - exp(log_p))`` for ``log_p <= 0``, accurate at both ends.
+
+    Each branch gets an input it is finite on, so the branch ``torch.where`` discards cannot
+    put a NaN into the gradient.
+    """
+    cut = -math.log(2.0)
+    near_zero = log_p > cut
+    hi = torch.where(near_zero, log_p, cut)
+    lo = torch.where(near_zero, cut, log_p)
+    return torch.where(near_zero, torch.log(-torch.expm1(hi)), torch.log1p(-torch.exp(lo)))
 
 
 def bce_from_log_prob(log_p: Tensor, label: Tensor) -> Tensor:

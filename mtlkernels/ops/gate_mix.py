@@ -83,6 +83,17 @@ if _extension.native_available():
     _gate_mix_rules.register("mtlk::gate_mix", "mtlk::gate_mix_backward")
 
 
+def _autocast(experts, logits):
+    """Under ``torch.autocast`` both inputs run in the autocast dtype (accumulation stays fp32)."""
+    if not (isinstance(experts, Tensor) and isinstance(logits, Tensor)):
+        return experts, logits
+    device_type = experts.device.type
+    if (torch.is_autocast_enabled(device_type) and experts.is_floating_point() and logits.is_floating_point()):
+        dtype = torch.get_autocast_dtype(device_type)
+        return experts.to(dtype), logits.to(dtype)
+    return experts, logits
+
+
 def _triton_op():
     from mtlkernels.triton import gate_mix as triton_gate_mix  # imports triton: only when asked for
 
@@ -108,10 +119,12 @@ def gate_mix(experts: Tensor, logits: Tensor, *, expert_mask: Tensor | None = No
         ``out [B, T, D]``, or ``(out, probs)`` when ``return_probs``.
 
     Dtypes: float32, float64, bfloat16, float16; softmax and sums accumulate in float32
-    (float64 for float64 inputs). Bad logit values (NaN, +inf, a row with no visible expert)
+    (float64 for float64 inputs). Under ``torch.autocast`` both inputs are cast to the autocast
+    dtype (bfloat16 on CPU by default). Bad logit values (NaN, +inf, a row with no visible expert)
     raise ValueError: checked inside the CPU kernel, and by a pass over the logits on the
     other backends (skipped for the reference backend under ``torch.compile``).
     """
+    experts, logits = _autocast(experts, logits)
     _check_args(experts, logits, expert_mask)
     which = _backend.resolve("gate_mix", backend, experts.device)
     compiling = torch.compiler.is_compiling()
