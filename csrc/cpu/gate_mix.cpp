@@ -58,9 +58,10 @@ inline void store_fence() {
 }
 
 // out[t, :] = sum_x p[t, x] * E[x, :] for tasks t0 .. t0+NT-1 of one batch row
-// (E [X, D], p [T, X], out [T, D]). Each expert vector loaded feeds NT accumulators.
+// (E [X, D] with row stride sx, p [T, X], out [T, D]). Each expert vector loaded feeds NT
+// accumulators.
 template <int NT, typename acc_t>
-void mix_tasks(const acc_t* E, const acc_t* p, acc_t* out, int64_t t0, int64_t X, int64_t D) {
+void mix_tasks(const acc_t* E, int64_t sx, const acc_t* p, acc_t* out, int64_t t0, int64_t X, int64_t D) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   int64_t d = 0;
@@ -68,8 +69,8 @@ void mix_tasks(const acc_t* E, const acc_t* p, acc_t* out, int64_t t0, int64_t X
     Vec a0[NT], a1[NT];
     for (int j = 0; j < NT; ++j) a0[j] = a1[j] = Vec(0);
     for (int64_t x = 0; x < X; ++x) {
-      const Vec e0 = Vec::loadu(E + x * D + d);
-      const Vec e1 = Vec::loadu(E + x * D + d + V);
+      const Vec e0 = Vec::loadu(E + x * sx + d);
+      const Vec e1 = Vec::loadu(E + x * sx + d + V);
       for (int j = 0; j < NT; ++j) {
         const Vec w(p[(t0 + j) * X + x]);
         a0[j] = at::vec::fmadd(w, e0, a0[j]);
@@ -86,7 +87,7 @@ void mix_tasks(const acc_t* E, const acc_t* p, acc_t* out, int64_t t0, int64_t X
     Vec a[NT];
     for (int j = 0; j < NT; ++j) a[j] = Vec(0);
     for (int64_t x = 0; x < X; ++x) {
-      const Vec e = Vec::loadu(E + x * D + d, n);
+      const Vec e = Vec::loadu(E + x * sx + d, n);
       for (int j = 0; j < NT; ++j) a[j] = at::vec::fmadd(Vec(p[(t0 + j) * X + x]), e, a[j]);
     }
     for (int j = 0; j < NT; ++j) a[j].store(out + (t0 + j) * D + d, n);
@@ -95,13 +96,13 @@ void mix_tasks(const acc_t* E, const acc_t* p, acc_t* out, int64_t t0, int64_t X
 
 // out[t, :] = sum_x p[t, x] * E[x, :] for one batch row, tasks in groups of four.
 template <typename acc_t>
-void mix_row(const acc_t* E, const acc_t* p, acc_t* out, int64_t T, int64_t X, int64_t D) {
+void mix_row(const acc_t* E, int64_t sx, const acc_t* p, acc_t* out, int64_t T, int64_t X, int64_t D) {
   int64_t t = 0;
-  for (; t + 4 <= T; t += 4) mix_tasks<4>(E, p, out, t, X, D);
+  for (; t + 4 <= T; t += 4) mix_tasks<4>(E, sx, p, out, t, X, D);
   switch (T - t) {
-    case 3: mix_tasks<3>(E, p, out, t, X, D); break;
-    case 2: mix_tasks<2>(E, p, out, t, X, D); break;
-    case 1: mix_tasks<1>(E, p, out, t, X, D); break;
+    case 3: mix_tasks<3>(E, sx, p, out, t, X, D); break;
+    case 2: mix_tasks<2>(E, sx, p, out, t, X, D); break;
+    case 1: mix_tasks<1>(E, sx, p, out, t, X, D); break;
     default: break;
   }
 }
@@ -113,12 +114,12 @@ void mix_row(const acc_t* E, const acc_t* p, acc_t* out, int64_t T, int64_t X, i
 // several groups the partial sums are read back, and a non-temporal store to a line that
 // is in cache, or a load of a line just streamed out, stalls on memory.
 template <int NT, typename acc_t>
-void mix_backward_tasks(const acc_t* E, const acc_t* p, const acc_t* g, acc_t* dE, acc_t* dp,
+void mix_backward_tasks(const acc_t* E, int64_t sx, const acc_t* p, const acc_t* g, acc_t* dE, acc_t* dp,
                         int64_t t0, int64_t X, int64_t D, bool first, bool stream) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   for (int64_t x = 0; x < X; ++x) {
-    const acc_t* e_row = E + x * D;
+    const acc_t* e_row = E + x * sx;
     acc_t* de_row = dE + x * D;
     Vec dot[NT];
     for (int j = 0; j < NT; ++j) dot[j] = Vec(0);
@@ -157,15 +158,15 @@ void mix_backward_tasks(const acc_t* E, const acc_t* p, const acc_t* g, acc_t* d
 // One batch row of the backward: dE[x, :] = sum_t p[t, x] * g[t, :] and
 // dp[t, x] = <g[t, :], E[x, :]>, tasks in groups of four.
 template <typename acc_t>
-void mix_row_backward(const acc_t* E, const acc_t* p, const acc_t* g, acc_t* dE, acc_t* dp,
+void mix_row_backward(const acc_t* E, int64_t sx, const acc_t* p, const acc_t* g, acc_t* dE, acc_t* dp,
                       int64_t T, int64_t X, int64_t D) {
   const bool stream = T <= 4;
   int64_t t = 0;
-  for (; t + 4 <= T; t += 4) mix_backward_tasks<4>(E, p, g, dE, dp, t, X, D, t == 0, stream);
+  for (; t + 4 <= T; t += 4) mix_backward_tasks<4>(E, sx, p, g, dE, dp, t, X, D, t == 0, stream);
   switch (T - t) {
-    case 3: mix_backward_tasks<3>(E, p, g, dE, dp, t, X, D, t == 0, stream); break;
-    case 2: mix_backward_tasks<2>(E, p, g, dE, dp, t, X, D, t == 0, stream); break;
-    case 1: mix_backward_tasks<1>(E, p, g, dE, dp, t, X, D, t == 0, stream); break;
+    case 3: mix_backward_tasks<3>(E, sx, p, g, dE, dp, t, X, D, t == 0, stream); break;
+    case 2: mix_backward_tasks<2>(E, sx, p, g, dE, dp, t, X, D, t == 0, stream); break;
+    case 1: mix_backward_tasks<1>(E, sx, p, g, dE, dp, t, X, D, t == 0, stream); break;
     default: break;
   }
 }
@@ -244,14 +245,20 @@ void convert(const src_t* src, dst_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<dst_t>(src[i]);
 }
 
+// experts as is when each expert row [b, x, :] is contiguous (any batch and expert strides,
+// e.g. the transposed [X, B, D] output of batched experts), else a contiguous copy.
+at::Tensor rows_contiguous(const at::Tensor& experts) {
+  return experts.stride(2) == 1 || experts.size(2) == 1 ? experts : experts.contiguous();
+}
+
 int64_t grain_rows(int64_t T, int64_t X, int64_t D) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, (X + T) * D + T * X));
 }
 
 // Forward over all batch rows of one dtype (contiguous pointers; P may be null).
 template <typename scalar_t>
-void forward_rows(const scalar_t* E, const scalar_t* L, const bool* M, scalar_t* O, scalar_t* Pout,
-                  int64_t B, int64_t T, int64_t X, int64_t D) {
+void forward_rows(const scalar_t* E, int64_t sb, int64_t sx, const scalar_t* L, const bool* M, scalar_t* O,
+                  scalar_t* Pout, int64_t B, int64_t T, int64_t X, int64_t D) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
   BadRow bad;
@@ -262,11 +269,11 @@ void forward_rows(const scalar_t* E, const scalar_t* L, const bool* M, scalar_t*
       if (!softmax_rows(L + b * T * X, M, b, T, X, p.data(), bad)) continue;
       if (Pout != nullptr) convert(p.data(), Pout + b * T * X, T * X);
       if constexpr (widen) {
-        convert(E + b * X * D, ebuf.data(), X * D);
-        mix_row(ebuf.data(), p.data(), obuf.data(), T, X, D);
+        for (int64_t x = 0; x < X; ++x) convert(E + b * sb + x * sx, ebuf.data() + x * D, D);
+        mix_row(ebuf.data(), D, p.data(), obuf.data(), T, X, D);
         convert(obuf.data(), O + b * T * D, T * D);
       } else {
-        mix_row(E + b * X * D, p.data(), O + b * T * D, T, X, D);
+        mix_row(E + b * sb, sx, p.data(), O + b * T * D, T, X, D);
       }
     }
     store_fence();
@@ -276,9 +283,9 @@ void forward_rows(const scalar_t* E, const scalar_t* L, const bool* M, scalar_t*
 
 // Backward over all batch rows of one dtype (contiguous pointers; GP may be null).
 template <typename scalar_t>
-void backward_rows(const scalar_t* G, const scalar_t* GP, const scalar_t* E, const scalar_t* L,
-                   const bool* M, scalar_t* dE, scalar_t* dL, int64_t B, int64_t T, int64_t X,
-                   int64_t D) {
+void backward_rows(const scalar_t* G, const scalar_t* GP, const scalar_t* E, int64_t sb, int64_t sx,
+                   const scalar_t* L, const bool* M, scalar_t* dE, scalar_t* dL, int64_t B, int64_t T,
+                   int64_t X, int64_t D) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
   BadRow bad;
@@ -288,12 +295,12 @@ void backward_rows(const scalar_t* G, const scalar_t* GP, const scalar_t* E, con
     for (int64_t b = b0; b < b1; ++b) {
       if (!softmax_rows(L + b * T * X, M, b, T, X, p.data(), bad)) continue;
       if constexpr (widen) {
-        convert(E + b * X * D, ebuf.data(), X * D);
+        for (int64_t x = 0; x < X; ++x) convert(E + b * sb + x * sx, ebuf.data() + x * D, D);
         convert(G + b * T * D, gbuf.data(), T * D);
-        mix_row_backward(ebuf.data(), p.data(), gbuf.data(), debuf.data(), dp.data(), T, X, D);
+        mix_row_backward(ebuf.data(), D, p.data(), gbuf.data(), debuf.data(), dp.data(), T, X, D);
         convert(debuf.data(), dE + b * X * D, X * D);
       } else {
-        mix_row_backward(E + b * X * D, p.data(), G + b * T * D, dE + b * X * D, dp.data(), T, X, D);
+        mix_row_backward(E + b * sb, sx, p.data(), G + b * T * D, dE + b * X * D, dp.data(), T, X, D);
       }
       for (int64_t t = 0; t < T; ++t) {
         const acc_t* gpt = nullptr;
@@ -314,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_cpu(const at::Tensor& experts_in,
                                                 const std::optional<at::Tensor>& expert_mask,
                                                 bool return_probs) {
   check_gate_mix_args(experts_in, logits_in, expert_mask);
-  const at::Tensor experts = experts_in.contiguous();
+  const at::Tensor experts = rows_contiguous(experts_in);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor mask = expert_mask.has_value() ? expert_mask->contiguous() : at::Tensor();
   const int64_t B = experts.size(0), X = experts.size(1), D = experts.size(2);
@@ -325,7 +332,8 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_cpu(const at::Tensor& experts_in,
   TORCH_CHECK_VALUE(X > 0, "gate_mix: experts has X = 0 experts to mix");
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, experts.scalar_type(), "gate_mix_cpu", [&] {
-    forward_rows<scalar_t>(experts.const_data_ptr<scalar_t>(), logits.const_data_ptr<scalar_t>(),
+    forward_rows<scalar_t>(experts.const_data_ptr<scalar_t>(), experts.stride(0), experts.stride(1),
+                           logits.const_data_ptr<scalar_t>(),
                            mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
                            out.mutable_data_ptr<scalar_t>(),
                            return_probs ? probs.mutable_data_ptr<scalar_t>() : nullptr, B, T, X, D);
@@ -340,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_backward_cpu(
   check_gate_mix_backward_args(grad_out_in, grad_probs_in, experts_in, logits_in, expert_mask);
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor grad_probs = grad_probs_in.has_value() ? grad_probs_in->contiguous() : at::Tensor();
-  const at::Tensor experts = experts_in.contiguous();
+  const at::Tensor experts = rows_contiguous(experts_in);
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor mask = expert_mask.has_value() ? expert_mask->contiguous() : at::Tensor();
   const int64_t B = experts.size(0), X = experts.size(1), D = experts.size(2);
@@ -354,7 +362,8 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, experts.scalar_type(), "gate_mix_backward_cpu", [&] {
     backward_rows<scalar_t>(grad_out.const_data_ptr<scalar_t>(),
                             grad_probs.defined() ? grad_probs.const_data_ptr<scalar_t>() : nullptr,
-                            experts.const_data_ptr<scalar_t>(), logits.const_data_ptr<scalar_t>(),
+                            experts.const_data_ptr<scalar_t>(), experts.stride(0), experts.stride(1),
+                            logits.const_data_ptr<scalar_t>(),
                             mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
                             grad_experts.mutable_data_ptr<scalar_t>(),
                             grad_logits.mutable_data_ptr<scalar_t>(), B, T, X, D);

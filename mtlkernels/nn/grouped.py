@@ -52,22 +52,22 @@ class GroupedLinear(nn.Module):
         w = self.weight[:, g] if self.shared_input else self.weight[g]
         return w.t()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """``relu=True`` applies ReLU in place on the product itself, before any view, so
+        autograd keeps no copy of the pre-activation."""
         if self.shared_input:
             if x.dim() != 2 or x.shape[1] != self.in_features:
                 raise ValueError(f"GroupedLinear: expected input [B, {self.in_features}], got {tuple(x.shape)}")
             w = self.weight.reshape(self.in_features, self.groups * self.out_features)
-            if self.bias is None:
-                y = x @ w
-            else:
-                y = torch.addmm(self.bias.reshape(-1), x, w)
+            y = x @ w if self.bias is None else torch.addmm(self.bias.reshape(-1), x, w)
+            if relu:
+                y = torch.relu_(y)
             return y.view(x.shape[0], self.groups, self.out_features)
         if x.dim() != 3 or x.shape[0] != self.groups or x.shape[2] != self.in_features:
             raise ValueError(f"GroupedLinear: expected input [{self.groups}, B, {self.in_features}], "
                              f"got {tuple(x.shape)}")
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+        y = torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
+        return torch.relu_(y) if relu else y
 
     def extra_repr(self) -> str:
         return (f"groups={self.groups}, in_features={self.in_features}, out_features={self.out_features}, "
@@ -111,14 +111,15 @@ class GroupedMLP(nn.Module):
         h = x
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h)
+            activated = i < last or self.last_activation
+            h = layer(h, relu=activated and self.activation == "relu" and self.norms is None)
             if layer.shared_input:
                 h = h.transpose(0, 1)  # [B, G, out] -> [G, B, out] view
-            if i < last or self.last_activation:
+            if activated:
                 if self.norms is not None:
                     h = self._batch_norm(self.norms[i], h)
-                if self.activation == "relu":
-                    h = F.relu(h) if self.norms is not None else torch.relu_(h)
+                    if self.activation == "relu":
+                        h = F.relu(h)
                 if self.dropout > 0:
                     h = F.dropout(h, self.dropout, self.training)
         return h
