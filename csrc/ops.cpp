@@ -14,4 +14,30 @@ TORCH_LIBRARY(mtlk, m) {
   m.def(
       "gate_mix_backward(Tensor grad_out, Tensor? grad_probs, Tensor experts, Tensor logits, "
       "Tensor? expert_mask) -> (Tensor, Tensor)");
+
+  // Per-task gradient algebra over a list of parameter blocks, block k = [T, *shape_k]
+  // (row t = task t's gradient of that parameter), never concatenated.
+  // gram: G[i, j] = sum_k <block_k[i], block_k[j]>, accumulated and returned in float64 [T, T].
+  m.def("gram(Tensor[] blocks) -> Tensor");
+  // block_grams: one [T, T] float64 Gram per block -> [K, T, T] (per-layer methods).
+  m.def("block_grams(Tensor[] blocks) -> Tensor");
+  // combine_: out_k += sum_t weights[t] * block_k[t], in place (out_k = a parameter's .grad).
+  // weights [T] (any float dtype; applied in float64 then rounded to out's dtype).
+  m.def("combine_(Tensor[] blocks, Tensor weights, Tensor(a!)[] out) -> ()");
+
+  // T x T solvers, batched over N problems, float64, no host synchronisation.
+  // gram [N, T, T] symmetric PSD. Returned weights [N, T] combine the task gradients: d = J^T w.
+  // pcgrad: order [N, T, T] int64, order[n, i] a permutation of 0..T-1 giving the order in which
+  //   task i is projected against the others (i itself is skipped). Sum convention (w sums
+  //   to T when nothing conflicts).
+  m.def("pcgrad_weights(Tensor gram, Tensor order) -> Tensor");
+  // gradvac: as pcgrad with cosine targets target [N, T, T] (phihat) and EMA rate beta;
+  //   returns (weights [N, T], updated target [N, T, T]).
+  m.def("gradvac_weights(Tensor gram, Tensor order, Tensor target, float beta) -> (Tensor, Tensor)");
+  // mgda: min-norm point of the convex hull, w in the simplex minimising w^T G w (exact for T = 2,
+  //   else best pair start + Frank-Wolfe, at most max_iter iterations, stop when the step < tol).
+  m.def("mgda_weights(Tensor gram, int max_iter, float tol) -> Tensor");
+  // peltr: PE-LTR PECsolver with lower bounds [N, T] (c >= 0, sum c <= 1): relaxed KKT solve then
+  //   projection onto {w >= c, sum w = 1}.
+  m.def("peltr_weights(Tensor gram, Tensor lower_bounds) -> Tensor");
 }

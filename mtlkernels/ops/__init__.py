@@ -1,4 +1,5 @@
 """Public op families. Each picks a backend (argument, MTLK_BACKEND, auto) and runs it."""
 from mtlkernels.ops.gate_mix import gate_mix
+from mtlkernels.ops.gram import block_grams, combine_, gram
 
-__all__ = ["gate_mix"]
+__all__ = ["block_grams", "combine_", "gate_mix", "gram"]

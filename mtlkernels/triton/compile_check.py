@@ -40,6 +40,22 @@ def _gate_mix_sources(ASTSource):
             constexprs={**constexprs, "HAS_GP": True})
 
 
+def _gram_sources(ASTSource):
+    from mtlkernels.triton import gram as g
+
+    for dtype, acc in (("fp32", g.tl.float32), ("bf16", g.tl.float32), ("fp64", g.tl.float64)):
+        yield f"gram[{dtype}]", ASTSource(
+            fn=g._gram_kernel,
+            signature={"x_ptr": f"*{dtype}", "g_ptr": "*fp64", "T": "i32", "n": "i64", "ld": "i64",
+                       "ACC": "constexpr", "BLOCK_T": "constexpr", "BLOCK_P": "constexpr", "TILES": "constexpr"},
+            constexprs={"ACC": acc, "BLOCK_T": 16, "BLOCK_P": 128, "TILES": 8})
+        yield f"combine[{dtype}]", ASTSource(
+            fn=g._combine_kernel,
+            signature={"x_ptr": f"*{dtype}", "w_ptr": "*fp64", "out_ptr": f"*{dtype}", "T": "i32", "n": "i64",
+                       "ld": "i64", "ACC": "constexpr", "BLOCK_P": "constexpr"},
+            constexprs={"ACC": acc, "BLOCK_P": 1024})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
@@ -53,7 +69,7 @@ def main(argv=None) -> int:
 
     failures = 0
     for arch in args.arch:
-        for name, src in _gate_mix_sources(ASTSource):
+        for name, src in [*_gate_mix_sources(ASTSource), *_gram_sources(ASTSource)]:
             try:
                 compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32))
             except Exception as exc:  # report every kernel, then fail
