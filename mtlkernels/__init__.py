@@ -6,8 +6,8 @@ cannot run on this CPU the package still imports, says why once (a RuntimeWarnin
 every op runs on its plain-PyTorch reference. ``build_info()`` tells what is available.
 """
 from mtlkernels._extension import build_info
-from mtlkernels import metrics, nn, ops, reference
+from mtlkernels import balance, metrics, nn, ops, reference
 
 __version__ = build_info()["version"]
 
-__all__ = ["build_info", "metrics", "nn", "ops", "reference", "__version__"]
+__all__ = ["balance", "build_info", "metrics", "nn", "ops", "reference", "__version__"]

@@ -1,0 +1,415 @@
+// T x T solvers of the gradient methods, one problem at a time, shared by the CPU and CUDA
+// kernels (csrc/cpu/solvers.cpp, csrc/cuda/solvers.cu) and tested directly by ctests.
+//
+// Every solver reads only the Gram matrix G = J J^T of the T task gradients (row-major,
+// T x T, float64, assumed symmetric) and writes per-task weights w [T] such that the combined
+// update is d = J^T w. Conventions (specs/ALGORITHMS.md part 3):
+//
+//   pcgrad   (Yu et al., NeurIPS 2020; Gram form of torchjd, order semantics of LibMTL):
+//            for each task i: c = e_i; for j in order[i] (j != i): ip = (G c)_j;
+//            if ip < 0 and G_jj > 0: c_j -= ip / G_jj.  w = sum_i c  (sum convention).
+//   gradvac  (Wang et al., ICLR 2021; LibMTL conventions): as pcgrad, but the pair (i, j)
+//            is adjusted when phi = cos(gpc_i, g_j) < target_ij, which sets the cosine to
+//            target_ij; the EMA target_ij <- (1 - beta) target_ij + beta phi runs for every
+//            visited pair, with phi taken before the adjustment. w = sum_i c.
+//   mgda     (Sener & Koltun, NeurIPS 2018): w in the simplex minimising w^T G w. T = 2 is
+//            the exact closed form returning exact {0, 1} at the ends (the reference codes
+//            clamp to 0.001 / 0.999); T > 2 starts from the best pair and runs Frank-Wolfe
+//            with exact line search (first index on ties).
+//   peltr    (Lin et al., RecSys 2019, PECsolver): relaxed KKT solve of
+//            min ||J^T w||^2 s.t. sum w = 1 (w = what + c), minimum-norm (pseudo-inverse)
+//            solution, then Euclidean projection of what onto {v >= 0, sum v = 1 - sum c}.
+//
+// Zero gradients: a diagonal G_jj <= 0 (a zero gradient, or rounding below zero) is never
+// projected onto. Nothing here allocates or throws: the caller passes scratch buffers of
+// the sizes given by the *_scratch functions and gets a status code back.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "mtlk/macros.h"
+
+namespace mtlk {
+
+enum SolverStatus : int {
+  kSolverOk = 0,
+  kSolverNonFiniteGram = 1,    // a NaN or +-inf entry in G
+  kSolverBadOrder = 2,         // a row of order is not a permutation of 0..T-1
+  kSolverBadTarget = 3,        // a gradvac target outside [-1, 1] (or NaN)
+  kSolverBadLowerBounds = 4,   // a PE-LTR lower bound < 0 or NaN, or sum > 1 + 1e-12
+};
+
+// Absolute epsilon of the GradVac cosine and adjustment denominators (LibMTL).
+constexpr double kGradVacEps = 1e-8;
+// Slack on sum(lower_bounds) <= 1.
+constexpr double kLowerBoundsSlack = 1e-12;
+// PE-LTR numerical rank: a pivoted-Cholesky pivot of G / max_k G_kk at or below this is zero.
+constexpr double kPeltrRankTol = 1e-10;
+// PE-LTR: the all-ones vector counts as outside range(G) when its squared residual
+// from range(G), divided by T, exceeds this.
+constexpr double kPeltrRangeTol = 1e-10;
+
+// Scratch sizes (doubles) of one problem.
+MTLK_HOST_DEVICE int64_t pcgrad_scratch(int64_t T) { return 2 * T; }
+MTLK_HOST_DEVICE int64_t gradvac_scratch(int64_t T) { return 2 * T; }
+MTLK_HOST_DEVICE int64_t mgda_scratch(int64_t T) { return T; }
+MTLK_HOST_DEVICE int64_t peltr_scratch(int64_t T) { return 2 * T * T + 6 * T; }
+
+MTLK_HOST_DEVICE double clamp0(double v) { return v > 0.0 ? v : 0.0; }
+
+MTLK_HOST_DEVICE bool all_finite(const double* v, int64_t n) {
+  bool ok = true;
+  for (int64_t k = 0; k < n; ++k) ok = ok && (v[k] - v[k] == 0.0);  // false for NaN and +-inf
+  return ok;
+}
+
+// True when ord[0..T) is a permutation of 0..T-1 (bit set for T <= 64, pairwise otherwise).
+MTLK_HOST_DEVICE bool is_permutation(const int64_t* ord, int64_t T) {
+  if (T <= 64) {
+    uint64_t seen = 0;
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t j = ord[k];
+      if (j < 0 || j >= T) return false;
+      const uint64_t bit = uint64_t(1) << j;
+      if (seen & bit) return false;
+      seen |= bit;
+    }
+    return true;
+  }
+  for (int64_t k = 0; k < T; ++k) {
+    const int64_t j = ord[k];
+    if (j < 0 || j >= T) return false;
+    for (int64_t l = 0; l < k; ++l) {
+      if (ord[l] == j) return false;
+    }
+  }
+  return true;
+}
+
+// Coefficients c^(i) of task i in the PCGrad / GradVac recurrences start as e_i, with
+// Gc = G c = column i of G.
+MTLK_HOST_DEVICE void start_coefficients(const double* G, int64_t T, int64_t i, double* c, double* Gc) {
+  for (int64_t k = 0; k < T; ++k) {
+    c[k] = k == i ? 1.0 : 0.0;
+    Gc[k] = G[k * T + i];
+  }
+}
+
+// c_j += delta, keeping Gc = G c up to date (column j of G).
+MTLK_HOST_DEVICE void add_coefficient(const double* G, int64_t T, int64_t j, double delta, double* c,
+                                      double* Gc) {
+  c[j] += delta;
+  for (int64_t k = 0; k < T; ++k) Gc[k] += delta * G[k * T + j];
+}
+
+// PCGrad weights of one problem. G [T, T], order [T, T] (row i: the order in which task i is
+// projected; i itself is skipped), w [T] out, scratch pcgrad_scratch(T).
+MTLK_HOST_DEVICE int pcgrad_solve(const double* G, const int64_t* order, int64_t T, double* w,
+                                  double* scratch) {
+  for (int64_t k = 0; k < T; ++k) w[k] = 0.0;
+  if (!all_finite(G, T * T)) return kSolverNonFiniteGram;
+  double* c = scratch;
+  double* Gc = scratch + T;
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t* ord = order + i * T;
+    if (!is_permutation(ord, T)) return kSolverBadOrder;
+    start_coefficients(G, T, i, c, Gc);
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t j = ord[k];
+      if (j == i) continue;
+      const double ip = Gc[j];
+      const double gjj = G[j * T + j];
+      if (ip < 0.0 && gjj > 0.0) add_coefficient(G, T, j, -ip / gjj, c, Gc);
+    }
+    for (int64_t k = 0; k < T; ++k) w[k] += c[k];
+  }
+  return kSolverOk;
+}
+
+// GradVac weights of one problem; target [T, T] (phihat, row i = task i) is read and
+// updated in place by the EMA with rate beta. Scratch gradvac_scratch(T).
+MTLK_HOST_DEVICE int gradvac_solve(const double* G, const int64_t* order, double* target, double beta,
+                                   int64_t T, double* w, double* scratch) {
+  for (int64_t k = 0; k < T; ++k) w[k] = 0.0;
+  if (!all_finite(G, T * T)) return kSolverNonFiniteGram;
+  for (int64_t k = 0; k < T * T; ++k) {
+    if (!(target[k] >= -1.0 && target[k] <= 1.0)) return kSolverBadTarget;
+  }
+  for (int64_t i = 0; i < T; ++i) {
+    if (!is_permutation(order + i * T, T)) return kSolverBadOrder;
+  }
+  double* c = scratch;
+  double* Gc = scratch + T;
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t* ord = order + i * T;
+    start_coefficients(G, T, i, c, Gc);
+    double cGc = G[i * T + i];
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t j = ord[k];
+      if (j == i) continue;
+      const double gjj = G[j * T + j];
+      const double norm_c = sqrt(clamp0(cGc));
+      const double norm_j = sqrt(clamp0(gjj));
+      const double phi = Gc[j] / (norm_c * norm_j + kGradVacEps);
+      const double phihat = target[i * T + j];
+      if (phi < phihat && gjj > 0.0) {
+        const double root_hat = sqrt(clamp0(1.0 - phihat * phihat));
+        const double root_phi = sqrt(clamp0(1.0 - phi * phi));
+        const double delta =
+            norm_c * (phihat * root_phi - phi * root_hat) / (norm_j * root_hat + kGradVacEps);
+        add_coefficient(G, T, j, delta, c, Gc);
+        cGc = 0.0;
+        for (int64_t l = 0; l < T; ++l) cGc += c[l] * Gc[l];
+      }
+      target[i * T + j] = (1.0 - beta) * phihat + beta * phi;
+    }
+    for (int64_t k = 0; k < T; ++k) w[k] += c[k];
+  }
+  return kSolverOk;
+}
+
+// Min-norm point of the segment [v1, v2] given a = |v1|^2, b = <v1, v2>, c = |v2|^2:
+// gamma is the weight on v1 (1 - gamma on v2), cost = |gamma v1 + (1 - gamma) v2|^2.
+// Exact ends: b >= a gives gamma = 1 (tested first, so v1 = v2 and two zero vectors are no
+// 0/0), b >= c gives gamma = 0. The reference codes return 0.999 / 0.001 there instead.
+MTLK_HOST_DEVICE void min_norm_pair(double a, double b, double c, double* gamma, double* cost) {
+  if (b >= a) {
+    *gamma = 1.0;
+    *cost = a;
+  } else if (b >= c) {
+    *gamma = 0.0;
+    *cost = c;
+  } else {
+    *gamma = (c - b) / (a + c - 2.0 * b);
+    *cost = c + *gamma * (b - c);
+  }
+}
+
+// MGDA min-norm weights of one problem (w [T] out, scratch mgda_scratch(T)).
+// T = 1: w = 1. T = 2: min_norm_pair. T > 2: the best pair (smallest cost, first pair in
+// (i, j) order on ties) then Frank-Wolfe: t = argmin_r (G w)_r (first on ties), exact line
+// search between w and e_t, w <- gamma w + (1 - gamma) e_t; stops after an iteration whose
+// step 1 - gamma is < tol (or zero), or after max_iter iterations.
+MTLK_HOST_DEVICE int mgda_solve(const double* G, int64_t T, int64_t max_iter, double tol, double* w,
+                                double* scratch) {
+  for (int64_t k = 0; k < T; ++k) w[k] = 0.0;
+  if (!all_finite(G, T * T)) return kSolverNonFiniteGram;
+  if (T <= 1) {
+    if (T == 1) w[0] = 1.0;
+    return kSolverOk;
+  }
+  int64_t bi = 0, bj = 1;
+  double bgamma = 1.0, bcost = 0.0;
+  for (int64_t i = 0; i < T; ++i) {
+    for (int64_t j = i + 1; j < T; ++j) {
+      double gamma, cost;
+      min_norm_pair(G[i * T + i], G[i * T + j], G[j * T + j], &gamma, &cost);
+      if ((i == 0 && j == 1) || cost < bcost) {
+        bi = i, bj = j, bgamma = gamma, bcost = cost;
+      }
+    }
+  }
+  w[bi] = bgamma;
+  w[bj] = 1.0 - bgamma;
+  if (T == 2) return kSolverOk;
+
+  double* Gw = scratch;
+  for (int64_t r = 0; r < T; ++r) Gw[r] = bgamma * G[r * T + bi] + (1.0 - bgamma) * G[r * T + bj];
+  for (int64_t it = 0; it < max_iter; ++it) {
+    int64_t t = 0;
+    double wGw = 0.0;
+    for (int64_t r = 0; r < T; ++r) {
+      wGw += w[r] * Gw[r];
+      if (Gw[r] < Gw[t]) t = r;
+    }
+    double gamma, cost;
+    min_norm_pair(wGw, Gw[t], G[t * T + t], &gamma, &cost);
+    const double step = 1.0 - gamma;
+    for (int64_t r = 0; r < T; ++r) {
+      w[r] *= gamma;
+      Gw[r] = gamma * Gw[r] + step * G[r * T + t];
+    }
+    w[t] += step;
+    if (step < tol || step <= 0.0) break;
+  }
+  return kSolverOk;
+}
+
+// Euclidean projection of u [T] onto {v >= 0, sum v = s} (s > 0), sort-based (Held, Wolfe
+// and Crowder 1974; Duchi et al. 2008). v may alias u; sorted [T] is scratch.
+MTLK_HOST_DEVICE void project_scaled_simplex(const double* u, int64_t T, double s, double* v,
+                                             double* sorted) {
+  for (int64_t k = 0; k < T; ++k) {  // insertion sort, descending
+    const double x = u[k];
+    int64_t l = k;
+    for (; l > 0 && sorted[l - 1] < x; --l) sorted[l] = sorted[l - 1];
+    sorted[l] = x;
+  }
+  double cum = 0.0, theta = 0.0;
+  for (int64_t k = 0; k < T; ++k) {
+    cum += sorted[k];
+    const double th = (cum - s) / static_cast<double>(k + 1);
+    if (sorted[k] - th > 0.0) theta = th;
+  }
+  for (int64_t k = 0; k < T; ++k) v[k] = clamp0(u[k] - theta);
+}
+
+// True when lower [T] is a valid set of PE-LTR lower bounds: c >= 0 and sum c <= 1 + slack.
+MTLK_HOST_DEVICE bool lower_bounds_valid(const double* lower, int64_t T) {
+  double sum = 0.0;
+  for (int64_t k = 0; k < T; ++k) {
+    if (!(lower[k] >= 0.0 && lower[k] <= 1.0 + kLowerBoundsSlack)) return false;
+    sum += lower[k];
+  }
+  return sum <= 1.0 + kLowerBoundsSlack;
+}
+
+// PE-LTR (PECsolver) weights of one problem: lower [T] bounds c, w [T] out, scratch
+// peltr_scratch(T).
+//
+// Step 1, relaxed problem: with w = what + c the KKT system M [what; lambda] = z,
+// M = [[G, 1], [1^T, 0]], z = [-G c; 1 - sum c], is always consistent (a null vector of M
+// is (x, 0) with G x = 0, 1^T x = 0), so its pseudo-inverse solution is the one with the
+// smallest |what| among the solutions. Computed on G / max_k G_kk from a pivoted Cholesky
+// factor G = B B^T (rank r, pivots <= kPeltrRankTol dropped) and Q = orthonormal basis of
+// range(B) by modified Gram-Schmidt:
+//   1 in range(G):     w0 = G^+ 1 / (1^T G^+ 1)   (the affine min-norm point, lambda != 0);
+//   1 not in range(G): w0 = r / |r|^2, r = 1 - Q Q^T 1  (G w0 = 0: a zero-norm combination);
+//   what = P (w0 - c), P = projector onto range(G) + span(1).
+// Step 2: v = projection of what onto {v >= 0, sum v = 1 - sum c}; w = v + c.
+// T = 1 gives w = 1; sum c >= 1 gives w = c; G = 0 gives w = c + (1 - sum c) / T.
+MTLK_HOST_DEVICE int peltr_solve(const double* G, const double* lower, int64_t T, double* w,
+                                 double* scratch) {
+  for (int64_t k = 0; k < T; ++k) w[k] = 0.0;
+  if (!all_finite(G, T * T)) return kSolverNonFiniteGram;
+  if (!lower_bounds_valid(lower, T)) return kSolverBadLowerBounds;
+  if (T <= 1) {
+    if (T == 1) w[0] = 1.0;
+    return kSolverOk;
+  }
+  double sum_c = 0.0, scale = 0.0;
+  for (int64_t k = 0; k < T; ++k) {
+    sum_c += lower[k];
+    scale = G[k * T + k] > scale ? G[k * T + k] : scale;
+  }
+  const double s = 1.0 - sum_c;
+  if (s <= 0.0) {
+    for (int64_t k = 0; k < T; ++k) w[k] = lower[k];
+    return kSolverOk;
+  }
+  double* B = scratch;               // [r, T]: column k of the factor, stored as a row
+  double* R = B + T * T;             // [T, T] upper triangle of B = Q R (row-major)
+  double* d = R + T * T;             // residual diagonal of the pivoted Cholesky
+  double* y = d + T;                 // Q^T 1, then R^{-1} Q^T 1, then R^{-T} R^{-1} Q^T 1
+  double* w0 = y + T;
+  double* qc = w0 + T;               // Q^T (w0 - c)
+  double* what = qc + T;
+  double* sorted = what + T;
+
+  // Pivoted Cholesky (left-looking) of Gn = G / scale; rows of B hold the factor columns.
+  int64_t r = 0;
+  if (scale > 0.0) {
+    const double inv_scale = 1.0 / scale;
+    for (int64_t k = 0; k < T; ++k) d[k] = G[k * T + k] * inv_scale;
+    for (; r < T; ++r) {
+      int64_t p = 0;
+      for (int64_t k = 1; k < T; ++k) p = d[k] > d[p] ? k : p;
+      if (!(d[p] > kPeltrRankTol)) break;
+      const double inv_root = 1.0 / sqrt(d[p]);
+      double* b = B + r * T;
+      for (int64_t k = 0; k < T; ++k) {
+        double v = G[k * T + p] * inv_scale;
+        for (int64_t l = 0; l < r; ++l) v -= B[l * T + k] * B[l * T + p];
+        b[k] = v * inv_root;
+      }
+      for (int64_t k = 0; k < T; ++k) d[k] -= b[k] * b[k];
+      d[p] = 0.0;
+    }
+  }
+  // Modified Gram-Schmidt: B (r rows) becomes Q, with B_old = Q R.
+  for (int64_t k = 0; k < r; ++k) {
+    double* qk = B + k * T;
+    for (int64_t l = 0; l < k; ++l) {
+      const double* ql = B + l * T;
+      double dot = 0.0;
+      for (int64_t m = 0; m < T; ++m) dot += ql[m] * qk[m];
+      R[l * T + k] = dot;
+      for (int64_t m = 0; m < T; ++m) qk[m] -= dot * ql[m];
+    }
+    double nrm = 0.0;
+    for (int64_t m = 0; m < T; ++m) nrm += qk[m] * qk[m];
+    nrm = sqrt(nrm);
+    R[k * T + k] = nrm;
+    const double inv = 1.0 / nrm;
+    for (int64_t m = 0; m < T; ++m) qk[m] *= inv;
+  }
+  // Residual of the all-ones vector from range(Q): w0 holds it for now.
+  for (int64_t k = 0; k < r; ++k) {
+    double dot = 0.0;
+    for (int64_t m = 0; m < T; ++m) dot += B[k * T + m];
+    y[k] = dot;
+  }
+  double res2 = 0.0;
+  for (int64_t m = 0; m < T; ++m) {
+    double v = 1.0;
+    for (int64_t k = 0; k < r; ++k) v -= y[k] * B[k * T + m];
+    w0[m] = v;
+    res2 += v * v;
+  }
+  const bool ones_outside = res2 > kPeltrRangeTol * static_cast<double>(T);
+  if (ones_outside) {
+    for (int64_t m = 0; m < T; ++m) w0[m] /= res2;
+  } else {
+    // w0 = Q R^{-T} R^{-1} Q^T 1 / |R^{-1} Q^T 1|^2 (= G^+ 1 / 1^T G^+ 1 on range(G)).
+    for (int64_t k = r - 1; k >= 0; --k) {  // y <- R^{-1} y
+      double v = y[k];
+      for (int64_t l = k + 1; l < r; ++l) v -= R[k * T + l] * y[l];
+      y[k] = v / R[k * T + k];
+    }
+    double uu = 0.0;
+    for (int64_t k = 0; k < r; ++k) uu += y[k] * y[k];
+    for (int64_t k = 0; k < r; ++k) {  // y <- R^{-T} y
+      double v = y[k];
+      for (int64_t l = 0; l < k; ++l) v -= R[l * T + k] * y[l];
+      y[k] = v / R[k * T + k];
+    }
+    for (int64_t m = 0; m < T; ++m) {
+      double v = 0.0;
+      for (int64_t k = 0; k < r; ++k) v += y[k] * B[k * T + m];
+      w0[m] = v / uu;
+    }
+  }
+  // what = P (w0 - c); P = Q Q^T, plus the unit residual direction when 1 is outside range(G).
+  for (int64_t m = 0; m < T; ++m) what[m] = w0[m] - lower[m];
+  for (int64_t k = 0; k < r; ++k) {
+    double dot = 0.0;
+    for (int64_t m = 0; m < T; ++m) dot += B[k * T + m] * what[m];
+    qc[k] = dot;
+  }
+  if (ones_outside) {
+    // the residual direction e = w0 / |w0| (w0 = r / |r|^2 is orthogonal to Q)
+    double ww = 0.0, ew = 0.0;
+    for (int64_t m = 0; m < T; ++m) {
+      ww += w0[m] * w0[m];
+      ew += w0[m] * what[m];
+    }
+    const double coef = ew / ww;
+    for (int64_t m = 0; m < T; ++m) {
+      double v = coef * w0[m];
+      for (int64_t k = 0; k < r; ++k) v += qc[k] * B[k * T + m];
+      what[m] = v;
+    }
+  } else {
+    for (int64_t m = 0; m < T; ++m) {
+      double v = 0.0;
+      for (int64_t k = 0; k < r; ++k) v += qc[k] * B[k * T + m];
+      what[m] = v;
+    }
+  }
+  project_scaled_simplex(what, T, s, what, sorted);
+  for (int64_t m = 0; m < T; ++m) w[m] = what[m] + lower[m];
+  return kSolverOk;
+}
+
+}  // namespace mtlk

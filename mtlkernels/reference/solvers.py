@@ -1,0 +1,249 @@
+"""Reference T x T solvers of the gradient methods: the oracle of the compiled kernels.
+
+Each function takes a batch of Gram matrices ``gram [N, T, T]`` (float64, symmetric PSD,
+``G = J J^T`` of the T task gradients) and returns per-task weights ``[N, T]`` so that the
+combined update is ``d = J^T w``. Written as plain loops over problems, tasks and pairs,
+recomputing ``G c`` from scratch at every step (the kernels in csrc/include/mtlk/solvers.h
+update it incrementally). Arguments are not validated here; ``mtlkernels.ops.solvers`` does
+that. Conventions follow specs/ALGORITHMS.md part 3:
+
+- PCGrad (Yu et al., NeurIPS 2020): Gram form of torchjd's ``_pcgrad.py``, with LibMTL's
+  order semantics (an explicit order per task, task i itself skipped, strict ``< 0``, never
+  a projection onto a zero gradient). Sum convention: no conflict gives ``w = 1``.
+- GradVac (Wang et al., ICLR 2021): LibMTL's rule and eps (1e-8 in both denominators), the EMA
+  of the cosine target updated for every visited pair with the cosine taken before the
+  adjustment. ``target = 0, beta = 0`` reproduces PCGrad (up to the eps).
+- MGDA (Sener & Koltun, NeurIPS 2018): exact two-task closed form (exact {0, 1} at the ends,
+  not the 0.001 / 0.999 of the official code), best-pair start plus Frank-Wolfe for T > 2.
+- PE-LTR (Lin et al., RecSys 2019, PECsolver): pseudo-inverse solve of the relaxed KKT system,
+  then Euclidean projection onto ``{w >= c, sum w = 1}``.
+
+``pcgrad_full`` and ``gradvac_full`` run the same methods on the gradients ``J [T, P]``
+themselves (LibMTL style), to test the Gram forms.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+GRADVAC_EPS = 1e-8
+# PE-LTR: eigenvalues of the KKT matrix at or below this times the largest are treated as zero
+# (the matrix is built on G / max_k G_kk). The C++ kernel decides the rank differently, by
+# pivoted-Cholesky pivots of G / max_k G_kk at the same 1e-10; the two agree unless G has an
+# eigenvalue within a few orders of magnitude of that threshold.
+PELTR_RTOL = 1e-10
+
+
+# ---------------------------------------------------------------------------------- PCGrad
+
+def pcgrad_weights(gram: Tensor, order: Tensor) -> Tensor:
+    """PCGrad weights ``[N, T]`` from ``gram [N, T, T]`` and ``order [N, T, T]`` (int64).
+
+    For each task i: ``c = e_i``; for j in ``order[n, i]`` (j != i): ``ip = (G c)_j``; if
+    ``ip < 0`` and ``G_jj > 0``: ``c_j -= ip / G_jj``. Then ``w = sum_i c``.
+    """
+    N, T, _ = gram.shape
+    w = torch.zeros(N, T, dtype=gram.dtype, device=gram.device)
+    for n in range(N):
+        G = gram[n]
+        for i in range(T):
+            c = torch.zeros(T, dtype=gram.dtype, device=gram.device)
+            c[i] = 1.0
+            for j in order[n, i].tolist():
+                if j == i:
+                    continue
+                ip = float(G[j] @ c)
+                gjj = float(G[j, j])
+                if ip < 0.0 and gjj > 0.0:
+                    c[j] -= ip / gjj
+            w[n] += c
+    return w
+
+
+def pcgrad_full(J: Tensor, order: Tensor) -> Tensor:
+    """PCGrad on the gradients ``J [T, P]`` themselves, ``order [T, T]``: returns ``d [P]``.
+
+    LibMTL's loop (projections always against the original ``g_j``), skipping ``j == i``,
+    projecting only when ``<gpc_i, g_j> < 0`` and ``g_j != 0``; ``d = sum_i gpc_i``.
+    """
+    T = J.shape[0]
+    d = torch.zeros_like(J[0])
+    for i in range(T):
+        g = J[i].clone()
+        for j in order[i].tolist():
+            if j == i:
+                continue
+            ip = float(g @ J[j])
+            nj = float(J[j] @ J[j])
+            if ip < 0.0 and nj > 0.0:
+                g = g - (ip / nj) * J[j]
+        d += g
+    return d
+
+
+# --------------------------------------------------------------------------------- GradVac
+
+def _gradvac_delta(norm_c: float, norm_j: float, phi: float, phihat: float) -> float:
+    """Coefficient of g_j that moves cos(gpc_i, g_j) from phi to phihat (LibMTL)."""
+    root_hat = math.sqrt(max(1.0 - phihat * phihat, 0.0))
+    root_phi = math.sqrt(max(1.0 - phi * phi, 0.0))
+    return norm_c * (phihat * root_phi - phi * root_hat) / (norm_j * root_hat + GRADVAC_EPS)
+
+
+def gradvac_weights(gram: Tensor, order: Tensor, target: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """GradVac weights ``[N, T]`` and the updated cosine targets ``[N, T, T]``.
+
+    For each task i: ``c = e_i``; for j in ``order[n, i]`` (j != i):
+    ``phi = (G c)_j / (sqrt(c^T G c) sqrt(G_jj) + 1e-8)``; if ``phi < target_ij`` (and
+    ``G_jj > 0``) add ``_gradvac_delta`` to ``c_j``; always
+    ``target_ij <- (1 - beta) target_ij + beta phi``. ``w = sum_i c``. ``target`` is not modified.
+    """
+    N, T, _ = gram.shape
+    target = target.clone()
+    w = torch.zeros(N, T, dtype=gram.dtype, device=gram.device)
+    for n in range(N):
+        G = gram[n]
+        for i in range(T):
+            c = torch.zeros(T, dtype=gram.dtype, device=gram.device)
+            c[i] = 1.0
+            for j in order[n, i].tolist():
+                if j == i:
+                    continue
+                Gc = G @ c
+                gjj = float(G[j, j])
+                norm_c = math.sqrt(max(float(c @ Gc), 0.0))
+                norm_j = math.sqrt(max(gjj, 0.0))
+                phi = float(Gc[j]) / (norm_c * norm_j + GRADVAC_EPS)
+                phihat = float(target[n, i, j])
+                if phi < phihat and gjj > 0.0:
+                    c[j] += _gradvac_delta(norm_c, norm_j, phi, phihat)
+                target[n, i, j] = (1.0 - beta) * phihat + beta * phi
+            w[n] += c
+    return w, target
+
+
+def gradvac_full(J: Tensor, order: Tensor, target: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """GradVac on ``J [T, P]`` itself with ``order [T, T]`` and ``target [T, T]``.
+
+    Returns ``(d [P], updated target [T, T])``; same rule as ``gradvac_weights`` with norms
+    and inner products of the vectors.
+    """
+    T = J.shape[0]
+    target = target.clone()
+    d = torch.zeros_like(J[0])
+    for i in range(T):
+        g = J[i].clone()
+        for j in order[i].tolist():
+            if j == i:
+                continue
+            norm_c = float(g.norm())
+            norm_j = float(J[j].norm())
+            phi = float(g @ J[j]) / (norm_c * norm_j + GRADVAC_EPS)
+            phihat = float(target[i, j])
+            if phi < phihat and norm_j > 0.0:
+                g = g + _gradvac_delta(norm_c, norm_j, phi, phihat) * J[j]
+            target[i, j] = (1.0 - beta) * phihat + beta * phi
+        d += g
+    return d, target
+
+
+# ------------------------------------------------------------------------------------ MGDA
+
+def min_norm_pair(a: float, b: float, c: float) -> tuple[float, float]:
+    """``(gamma, cost)`` of the min-norm point ``gamma v1 + (1 - gamma) v2`` of a segment.
+
+    ``a = |v1|^2, b = <v1, v2>, c = |v2|^2``. Exact ends: ``b >= a`` gives gamma = 1 (first, so
+    equal or zero vectors are no 0/0), ``b >= c`` gives gamma = 0 (the official MGDA code
+    returns 0.999 / 0.001 there).
+    """
+    if b >= a:
+        return 1.0, a
+    if b >= c:
+        return 0.0, c
+    gamma = (c - b) / (a + c - 2.0 * b)
+    return gamma, c + gamma * (b - c)
+
+
+def mgda_weights(gram: Tensor, max_iter: int = 250, tol: float = 1e-5) -> Tensor:
+    """MGDA min-norm weights ``[N, T]``: w in the simplex minimising ``w^T G w``.
+
+    T = 1: ``[1]``. T = 2: ``min_norm_pair``. T > 2: the pair (i < j) of smallest cost (first on
+    ties), then Frank-Wolfe: ``t = argmin_r (G w)_r`` (first on ties), exact line search
+    between w and ``e_t`` with ``min_norm_pair(w^T G w, (G w)_t, G_tt)``,
+    ``w <- gamma w + (1 - gamma) e_t``, stopping after an iteration whose step ``1 - gamma`` is
+    below ``tol`` (or zero), or after ``max_iter`` iterations.
+    """
+    N, T, _ = gram.shape
+    w = torch.zeros(N, T, dtype=gram.dtype, device=gram.device)
+    for n in range(N):
+        G = gram[n]
+        if T == 1:
+            w[n, 0] = 1.0
+            continue
+        best = None
+        for i in range(T):
+            for j in range(i + 1, T):
+                gamma, cost = min_norm_pair(float(G[i, i]), float(G[i, j]), float(G[j, j]))
+                if best is None or cost < best[0]:
+                    best = (cost, i, j, gamma)
+        _, i, j, gamma = best
+        v = torch.zeros(T, dtype=gram.dtype, device=gram.device)
+        v[i], v[j] = gamma, 1.0 - gamma
+        if T > 2:
+            for _ in range(max_iter):
+                Gv = G @ v
+                t = int(torch.argmin(Gv))  # first index on ties
+                gamma, _ = min_norm_pair(float(v @ Gv), float(Gv[t]), float(G[t, t]))
+                step = 1.0 - gamma
+                v = gamma * v
+                v[t] += step
+                if step < tol or step <= 0.0:
+                    break
+        w[n] = v
+    return w
+
+
+# ---------------------------------------------------------------------------------- PE-LTR
+
+def project_scaled_simplex(u: Tensor, s: float) -> Tensor:
+    """Euclidean projection of ``u [T]`` onto ``{v >= 0, sum v = s}`` (s > 0), sort-based."""
+    srt, _ = torch.sort(u, descending=True)
+    cum = torch.cumsum(srt, 0)
+    k = torch.arange(1, u.numel() + 1, dtype=u.dtype, device=u.device)
+    theta = (cum - s) / k
+    rho = int(torch.nonzero(srt - theta > 0).max())
+    return torch.clamp(u - theta[rho], min=0.0)
+
+
+def peltr_weights(gram: Tensor, lower_bounds: Tensor) -> Tensor:
+    """PE-LTR (PECsolver) weights ``[N, T]`` with lower bounds ``c = lower_bounds [N, T]``.
+
+    Relaxed step: ``[what; lambda] = pinv(M) z`` with ``M = [[G, 1], [1^T, 0]]`` and
+    ``z = [-G c; 1 - sum c]``, G scaled by ``1 / max_k G_kk`` first (the weights do not depend on
+    the scale, the rank cut-off does). Projection step: what onto ``{v >= 0, sum v = 1 - sum c}``;
+    ``w = v + c``. ``sum c >= 1`` gives ``w = c``; T = 1 gives ``[1]``.
+    """
+    N, T, _ = gram.shape
+    w = torch.zeros(N, T, dtype=gram.dtype, device=gram.device)
+    for n in range(N):
+        c = lower_bounds[n]
+        if T == 1:
+            w[n, 0] = 1.0
+            continue
+        s = 1.0 - float(c.sum())
+        if s <= 0.0:
+            w[n] = c
+            continue
+        G = gram[n]
+        scale = float(torch.diagonal(G).max())
+        G = G / scale if scale > 0.0 else torch.zeros_like(G)
+        M = torch.zeros(T + 1, T + 1, dtype=gram.dtype, device=gram.device)
+        M[:T, :T] = G
+        M[:T, T] = 1.0
+        M[T, :T] = 1.0
+        z = torch.cat([-(G @ c), torch.tensor([s], dtype=gram.dtype, device=gram.device)])
+        what = (torch.linalg.pinv(M, rtol=PELTR_RTOL, hermitian=True) @ z)[:T]
+        w[n] = project_scaled_simplex(what, s) + c
+    return w
