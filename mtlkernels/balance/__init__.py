@@ -1,0 +1,19 @@
+"""Loss weighting and gradient methods, one file per method, one interface:
+
+    method.backward(losses [T], shared=model_or_params, *, representation=None) -> weights [T]
+
+fills ``.grad`` of the shared parameters (the methods' combination of the task gradients)
+and of every other parameter the losses reach (the gradient of ``sum_t w_t L_t``), then you
+call ``optimizer.step()``. Stateful methods are ``nn.Module``s: ``state_dict()`` resumes them.
+"""
+from mtlkernels.balance.dwa import DWA
+from mtlkernels.balance.ew import EW
+from mtlkernels.balance.gradnorm import GradNorm
+from mtlkernels.balance.gradvac import GradVac
+from mtlkernels.balance.jacobian import task_gradients
+from mtlkernels.balance.mgda import MGDA
+from mtlkernels.balance.pcgrad import PCGrad
+from mtlkernels.balance.peltr import PELTR
+from mtlkernels.balance.uw import UncertaintyWeighting
+
+__all__ = ["DWA", "EW", "GradNorm", "GradVac", "MGDA", "PCGrad", "PELTR", "UncertaintyWeighting", "task_gradients"]

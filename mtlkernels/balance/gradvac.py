@@ -1,0 +1,74 @@
+"""Gradient Vaccine (Wang et al., ICLR 2021; ALGORITHMS.md 3.4) in Gram form."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtlkernels.balance.base import (GramMethod, GrowingBuffers, backward_except, check_gram, check_losses,
+                                     shared_list)
+from mtlkernels.balance.jacobian import task_gradients
+from mtlkernels.balance.random_order import TaskOrder
+from mtlkernels.ops import block_grams, combine_
+from mtlkernels.ops.solvers import gradvac_weights
+
+
+class GradVac(GrowingBuffers, GramMethod):
+    """Pulls every pair's gradient cosine up to an adaptive target: for each task i and each
+    other task j (random order), if ``cos(g_i', g_j) < phihat_ij`` then g_i' gets the multiple
+    of g_j that makes the cosine exactly ``phihat_ij``; then
+    ``phihat_ij <- (1 - beta) phihat_ij + beta cos`` for every visited pair (LibMTL's rule).
+    ``d = sum_i g_i'`` (sum convention). ``beta`` defaults to LibMTL's 0.5 (the paper's
+    setting is reported as 0.01). With ``phihat = 0`` and ``beta = 0`` it is PCGrad.
+
+    ``granularity="model"``: one T x T target over all shared parameters. ``"layer"``: one
+    target per shared parameter tensor, its own Gram, its own weights (the paper's finer
+    granularity); the task heads then get the gradient of ``sum_t wbar_t L_t`` with ``wbar``
+    the mean of the per-layer weights. Targets and the order generator are in ``state_dict()``.
+    """
+
+    _growing_buffers = ("target",)
+
+    def __init__(self, beta: float = 0.5, granularity: str = "model", seed: int = 0):
+        super().__init__()
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"GradVac: beta must be in [0, 1], got {beta}")
+        if granularity not in ("model", "layer"):
+            raise ValueError(f"GradVac: granularity must be 'model' or 'layer', got {granularity!r}")
+        self.beta, self.granularity = beta, granularity
+        self.order = TaskOrder(seed)
+        self.register_buffer("target", torch.zeros(0, dtype=torch.float64))
+
+    def _targets(self, shape) -> Tensor:
+        if tuple(self.target.shape) != tuple(shape):
+            if self.target.numel():
+                raise ValueError(f"GradVac: state holds targets {tuple(self.target.shape)} but this step needs "
+                                 f"{tuple(shape)} (different task count or parameter list)")
+            self.target = torch.zeros(shape, dtype=torch.float64)
+        return self.target
+
+    def gram_weights(self, G: Tensor, losses: Tensor) -> Tensor:
+        T = G.shape[0]
+        target = self._targets((T, T)).to(G.device)
+        w, new_target = gradvac_weights(G, self.order.draw(T).to(G.device), target, self.beta)
+        self.target = new_target.to(self.target.device)
+        return w
+
+    def backward(self, losses: Tensor, shared=None, *, representation: Tensor | None = None) -> Tensor:
+        if self.granularity == "model" or representation is not None:
+            return super().backward(losses, shared, representation=representation)
+        T = check_losses(losses)
+        params = shared_list(shared)
+        blocks = task_gradients(losses, params)
+        Gk = block_grams(blocks)  # [K, T, T]
+        check_gram(Gk.sum(0))
+        targets = self._targets((len(params), T, T)).to(Gk.device)
+        orders = torch.stack([self.order.draw(T) for _ in params]).to(Gk.device)
+        W, new_targets = gradvac_weights(Gk, orders, targets, self.beta)  # [K, T]
+        self.target = new_targets.to(self.target.device)
+        for k, p in enumerate(params):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            combine_([blocks[k]], W[k].to(losses.dtype), [p.grad])
+        w = W.mean(0).to(losses.dtype)
+        backward_except((w * losses).sum(), params)
+        return w.detach()

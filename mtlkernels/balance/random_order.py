@@ -1,0 +1,25 @@
+"""The seeded random projection orders of PCGrad and GradVac, saved with the method's state."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class TaskOrder(nn.Module):
+    """Draws, for each task i, a random permutation of 0..T-1 (the order in which i is
+    projected against the others) from its own seeded generator. The generator state is part
+    of ``state_dict()``, so a resumed run draws the same orders."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, T: int) -> Tensor:
+        """``[T, T]`` int64 on CPU; row i is task i's order."""
+        return torch.stack([torch.randperm(T, generator=self.generator) for _ in range(T)])
+
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state):
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,247 @@
+"""PCGrad, GradVac, MGDA(-UB), PE-LTR through the one interface, against full-vector
+references written from ALGORITHMS.md Part 3, plus the spec's properties and edge cases."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mtlkernels.balance import EW, MGDA, PCGrad, PELTR, GradVac
+from mtlkernels.balance.random_order import TaskOrder
+
+from .conftest import Problem
+
+
+def pcgrad_full_vector(J, orders):
+    """LibMTL-style PCGrad on J [T, P] with the given per-task orders (self skipped, strict < 0)."""
+    T = J.shape[0]
+    out = torch.zeros(J.shape[1], dtype=J.dtype)
+    for i in range(T):
+        g = J[i].clone()
+        for j in orders[i].tolist():
+            if j == i:
+                continue
+            ip = g @ J[j]
+            if ip < 0 and J[j] @ J[j] > 0:
+                g = g - ip / (J[j] @ J[j]) * J[j]
+        out += g
+    return out
+
+
+def gradvac_full_vector(J, orders, target, beta):
+    T = J.shape[0]
+    target = target.clone()
+    out = torch.zeros(J.shape[1], dtype=J.dtype)
+    for i in range(T):
+        g = J[i].clone()
+        for j in orders[i].tolist():
+            if j == i:
+                continue
+            nj = J[j].norm()
+            phi = (g @ J[j]) / (g.norm() * nj + 1e-8)
+            phat = target[i, j]
+            if phi < phat:
+                coef = g.norm() * (phat * (1 - phi ** 2).sqrt() - phi * (1 - phat ** 2).sqrt()) / (
+                    nj * (1 - phat ** 2).sqrt() + 1e-8)
+                g = g + coef * J[j]
+            target[i, j] = (1 - beta) * phat + beta * phi
+        out += g
+    return out, target
+
+
+def run(method, problem, **kwargs):
+    problem.zero_grad()
+    w = method.backward(problem.losses(), problem.model, **kwargs)
+    return w, problem.shared_grad()
+
+
+def test_pcgrad_matches_full_vector_reference_with_the_same_orders():
+    p = Problem(T=4, seed=3)
+    J = p.jacobian()
+    method = PCGrad(seed=7)
+    orders = copy.deepcopy(method.order).draw(4)
+    w, grad = run(method, p)
+    torch.testing.assert_close(grad, pcgrad_full_vector(J, orders), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(grad, J.T @ w, rtol=1e-9, atol=1e-12)
+
+
+def test_pcgrad_heads_get_the_weighted_loss_gradient():
+    p = Problem(T=3, seed=4)
+    w, _ = run(PCGrad(seed=1), p)
+    specific = [q.grad.clone() for q in p.specific()]
+    p.zero_grad()
+    (w * p.losses()).sum().backward()
+    for a, q in zip(specific, p.specific()):
+        torch.testing.assert_close(a, q.grad)
+
+
+def test_pcgrad_without_conflict_is_ew_sum():
+    J_problem = Problem(T=2, seed=5)
+    # make task 2's loss a positive multiple of task 1's: gradients aligned, no conflict
+    J_problem.y[:, 1] = J_problem.y[:, 0]
+    model = J_problem.model
+    with torch.no_grad():
+        model.gates.weight[model.gates.counts[0]:] = model.gates.weight[:model.gates.counts[0]]
+        model.gates.bias[model.gates.counts[0]:] = model.gates.bias[:model.gates.counts[0]]
+        for layer in model.towers.mlp.layers:
+            w = layer.weight
+            if layer.shared_input:
+                w[:, 1] = w[:, 0]
+            else:
+                w[1] = w[0]
+            layer.bias[1] = layer.bias[0]
+    w, grad = run(PCGrad(), J_problem)
+    assert torch.equal(w, torch.ones(2, dtype=w.dtype))
+    _, ew_grad = run(EW(), J_problem)
+    torch.testing.assert_close(grad, ew_grad)
+
+
+def test_pcgrad_mean_reduction_and_state_resume():
+    p = Problem(T=4, seed=6)
+    a = PCGrad(reduction="mean", seed=3)
+    run(a, p)
+    b = PCGrad(reduction="mean", seed=99)
+    b.load_state_dict(a.state_dict())
+    wa, _ = run(a, p)
+    wb, _ = run(b, p)
+    assert torch.equal(wa, wb)
+
+
+def test_gradvac_matches_full_vector_reference_and_resumes():
+    p = Problem(T=3, seed=8)
+    method = GradVac(beta=0.3, seed=2)
+    target = torch.zeros(3, 3, dtype=torch.float64)
+    for step in range(3):
+        J = p.jacobian()
+        orders = copy.deepcopy(method.order).draw(3)
+        expected, target = gradvac_full_vector(J, orders, target, 0.3)
+        _, grad = run(method, p)
+        torch.testing.assert_close(grad, expected, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(method.target, target, rtol=1e-10, atol=1e-12)
+    clone = GradVac(beta=0.3, seed=0)
+    clone.load_state_dict(method.state_dict())
+    wa, _ = run(method, p)
+    wb, _ = run(clone, p)
+    assert torch.equal(wa, wb)
+
+
+def test_gradvac_with_zero_target_and_beta_is_pcgrad():
+    p = Problem(T=4, seed=9)
+    wv, gv = run(GradVac(beta=0.0, seed=4), p)
+    wp, gp = run(PCGrad(seed=4), p)
+    # equal up to GradVac's 1e-8 guards in its denominators
+    torch.testing.assert_close(wv, wp, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(gv, gp, rtol=1e-5, atol=1e-9)
+
+
+def test_gradvac_per_layer_uses_one_target_per_parameter():
+    p = Problem(T=3, seed=10)
+    method = GradVac(granularity="layer", seed=1)
+    w, _ = run(method, p)
+    assert method.target.shape == (len(p.shared()), 3, 3)
+    assert w.shape == (3,)
+
+
+def mgda_optimal(G, w, rtol=1e-3):
+    """(G w)_i >= w^T G w for every task, equality on the support (relative to w^T G w: the
+    solver stops at a step-size tolerance)."""
+    Gw = G @ w
+    wGw = w @ Gw
+    tol = rtol * wGw
+    return bool((Gw >= wGw - tol).all()) and bool((Gw[w > 1e-6] <= wGw + tol).all())
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
+def test_mgda_weights_are_min_norm_and_applied_to_raw_gradients(normalization):
+    p = Problem(T=4, seed=11)
+    J = p.jacobian()
+    w, grad = run(MGDA(normalization=normalization, max_iter=2000, tol=1e-12), p)
+    assert abs(float(w.sum()) - 1) < 1e-12 and bool((w >= 0).all())
+    torch.testing.assert_close(grad, J.T @ w, rtol=1e-9, atol=1e-12)
+    if normalization == "none":
+        assert mgda_optimal(J @ J.T, w.double())
+
+
+def test_mgda_ub_uses_the_representation_and_one_backward():
+    p = Problem(T=3, seed=12)
+    p.zero_grad()
+    losses, rep = p.losses(return_representation=True)
+    w = MGDA().backward(losses, p.model, representation=rep)
+    grads = [q.grad.clone() for q in p.model.parameters()]
+    p.zero_grad()
+    losses, rep = p.losses(return_representation=True)
+    R = torch.stack([torch.autograd.grad(losses[t], rep, retain_graph=True)[0].reshape(-1) for t in range(3)])
+    assert mgda_optimal(R @ R.T, w)
+    (w * losses).sum().backward()
+    for a, q in zip(grads, p.model.parameters()):
+        torch.testing.assert_close(a, q.grad)
+
+
+def test_peltr_two_tasks_without_bounds_is_mgda_and_bounds_hold():
+    p = Problem(T=2, seed=13)
+    w_pe, _ = run(PELTR([0.0, 0.0]), p)
+    w_mg, _ = run(MGDA(), p)
+    torch.testing.assert_close(w_pe, w_mg, rtol=1e-9, atol=1e-12)
+    w, _ = run(PELTR([0.7, 0.2]), p)
+    assert w[0] >= 0.7 - 1e-12 and w[1] >= 0.2 - 1e-12 and abs(float(w.sum()) - 1) < 1e-12
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        PELTR([0.8, 0.3])
+
+
+FACTORIES = {"pcgrad": lambda T: PCGrad(), "mgda": lambda T: MGDA(), "gradvac": lambda T: GradVac(),
+             "peltr": lambda T: PELTR([0.0] * T)}
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_single_task_is_the_plain_gradient(name):
+    p = Problem(T=1, seed=14)
+    w, grad = run(FACTORIES[name](1), p)
+    assert torch.equal(w, torch.ones(1, dtype=w.dtype))
+    torch.testing.assert_close(grad, p.jacobian()[0])
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_task_that_does_not_touch_the_shared_parameters(name):
+    p = Problem(T=3, seed=15)
+    p.zero_grad()
+    losses = p.losses()
+    head_only = sum((q ** 2).sum() for q in p.model.towers.parameters())
+    losses = torch.stack([losses[0], losses[1], head_only])
+    w = FACTORIES[name](3).backward(losses, p.model)
+    assert torch.isfinite(w).all() and torch.isfinite(p.shared_grad()).all()
+
+
+def test_non_finite_gradient_is_rejected_before_any_update():
+    p = Problem(T=2, seed=16)
+    losses = p.losses()
+    shared = p.shared()[0]
+    bad = (shared.reshape(-1)[0] * 0).abs().sqrt()  # finite value, infinite gradient at 0
+    losses = torch.stack([losses[0] + bad, losses[1]])
+    # the batched backward multiplies the other tasks' zero cotangents by inf: they are flagged too
+    with pytest.raises(ValueError, match=r"gradients of task\(s\) \[0(, 1)?\] hold NaN or Inf; no update applied"):
+        PCGrad().backward(losses, p.model)
+    assert all(q.grad is None for q in p.model.parameters())
+
+
+def test_identical_and_opposite_gradients():
+    a = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    # identical: no conflict, PCGrad = EW sum; MGDA picks any simplex point with norm ||g||
+    losses = torch.stack([(a * torch.tensor([1.0, 0.0], dtype=torch.float64)).sum()] * 2)
+    w = PCGrad().backward(losses, [a])
+    torch.testing.assert_close(a.grad, torch.tensor([2.0, 0.0], dtype=torch.float64))
+    assert torch.equal(w, torch.ones(2, dtype=w.dtype))
+    # opposite with equal norms: MGDA gives (1/2, 1/2) and d = 0
+    a.grad = None
+    losses = torch.stack([a[0] * 1.0, -a[0]])
+    w = MGDA().backward(losses, [a])
+    torch.testing.assert_close(w, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(a.grad, torch.zeros(2, dtype=torch.float64))
+
+
+def test_task_order_state_round_trip():
+    a = TaskOrder(seed=5)
+    a.draw(4)
+    b = TaskOrder(seed=0)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.draw(4), b.draw(4))
