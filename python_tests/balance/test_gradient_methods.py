@@ -245,3 +245,35 @@ def test_task_order_state_round_trip():
     b = TaskOrder(seed=0)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.draw(4), b.draw(4))
+
+
+def test_float32_model_matches_float64_reference():
+    p = Problem(T=3, seed=17, dtype=torch.float32)
+    J = p.jacobian()
+    method = PCGrad(seed=2)
+    orders = copy.deepcopy(method.order).draw(3)
+    _, grad = run(method, p)
+    torch.testing.assert_close(grad.double(), pcgrad_full_vector(J, orders), rtol=1e-4, atol=1e-6)
+
+
+def test_aggregation_compiles_fullgraph():
+    """gram -> solver -> combine_ as one compiled graph (the ops have fake implementations)."""
+    from mtlkernels.ops import combine_, gram
+    from mtlkernels.ops.solvers import pcgrad_weights
+
+    torch._dynamo.reset()
+    blocks = [torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)]
+    order = torch.stack([torch.randperm(3) for _ in range(3)])
+
+    def aggregate(blocks, grads):
+        w = pcgrad_weights(gram(blocks), order)
+        combine_(blocks, w, grads)
+        return w
+
+    eager = [torch.zeros(5, 4, dtype=torch.float64), torch.zeros(7, dtype=torch.float64)]
+    compiled = [torch.zeros_like(g) for g in eager]
+    w_eager = aggregate(blocks, eager)
+    w_compiled = torch.compile(aggregate, fullgraph=True, backend="aot_eager")(blocks, compiled)
+    torch.testing.assert_close(w_compiled, w_eager)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b)
