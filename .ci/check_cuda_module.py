@@ -9,7 +9,8 @@ from mtlkernels import _C
 from mtlkernels.ops import gate_mix
 from mtlkernels.reference import gate_mix as reference_gate_mix
 
-OPS = ["gate_mix", "gate_mix_backward"]
+OPS = ["gate_mix", "gate_mix_backward", "gram", "block_grams", "combine_",
+       "pcgrad_weights", "gradvac_weights", "mgda_weights", "peltr_weights"]
 
 info = mtlkernels.build_info()
 print("build_info:", info)
