@@ -21,9 +21,10 @@ TORCH_LIBRARY(mtlk, m) {
   m.def("gram(Tensor[] blocks) -> Tensor");
   // block_grams: one [T, T] float64 Gram per block -> [K, T, T] (per-layer methods).
   m.def("block_grams(Tensor[] blocks) -> Tensor");
-  // combine_: out_k += sum_t weights[t] * block_k[t], in place (out_k = a parameter's .grad).
+  // combine_: out_k (+)= sum_t weights[t] * block_k[t], in place (out_k = a parameter's .grad);
+  // accumulate=false overwrites out_k (a fresh .grad: no zero fill, no read).
   // weights [T] (any float dtype; applied in float64 then rounded to out's dtype).
-  m.def("combine_(Tensor[] blocks, Tensor weights, Tensor(a!)[] out) -> ()");
+  m.def("combine_(Tensor[] blocks, Tensor weights, Tensor(a!)[] out, bool accumulate=True) -> ()");
 
   // T x T solvers, batched over N problems, float64, no host synchronisation.
   // gram [N, T, T] symmetric PSD. Returned weights [N, T] combine the task gradients: d = J^T w.

@@ -7,7 +7,7 @@
 // loaded vector feeds four FMAs), and each chunk's partial is added to a float64 total. That
 // keeps the relative error of ||g||^2 near 1e-7 at P = 1e7 (plain fp32 accumulation loses
 // ~1e-4, BUILD-NOTES/PERF-BASELINE B5) while J is read once at streaming speed.
-// combine_: out_k += w^T B_k, one pass over B_k, accumulated into out in place.
+// combine_: out_k += w^T B_k (or out_k = w^T B_k), one pass over B_k, in place.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/vec_store.h"
 #include "gram_checks.h"
 
 namespace mtlk {
@@ -29,12 +30,12 @@ namespace {
 using at::vec::Vectorized;
 
 constexpr int64_t kChunk = 1024;  // elements of P per partial product (T x kChunk x 4 B in L1/L2)
-constexpr int kTile = 4;
+constexpr int kMaxTile = 4;
 
-// acc[i][j] += <rows[i][lo:hi], rows[j][lo:hi]> for a kTile x kTile tile of rows, in acc_t
-// vectors; rows beyond the tile's valid count point at a zero row.
-template <typename acc_t>
-void tile_dots(const acc_t* const* ri, const acc_t* const* rj, int64_t n, double out[kTile][kTile]) {
+// out[i][j] = <ri[i][0:n], rj[j][0:n]> for a kTile x kTile tile of rows, in acc_t vectors;
+// rows beyond the tile's valid count point at a zero row.
+template <int kTile, typename acc_t>
+void tile_dots(const acc_t* const* ri, const acc_t* const* rj, int64_t n, double out[kMaxTile][kMaxTile]) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   Vec acc[kTile][kTile];
@@ -62,17 +63,18 @@ void tile_dots(const acc_t* const* ri, const acc_t* const* rj, int64_t n, double
           at::vec::vec_reduce_all<acc_t>([](Vec& u, Vec& v) { return u + v; }, acc[a][b]));
 }
 
-// G (double, T x T, upper triangle) += Gram of the chunk rows[t][0:n].
-template <typename acc_t>
+// G (double, T x T, upper triangle) += Gram of the chunk rows[t][0:n], in kTile x kTile row
+// tiles (2 x 2 for T <= 2, so no FMA is spent on padding rows).
+template <int kTile, typename acc_t>
 void chunk_gram(const acc_t* const* rows, const acc_t* zero, int64_t T, int64_t n, double* G) {
-  double part[kTile][kTile];
+  double part[kMaxTile][kMaxTile];
   for (int64_t i0 = 0; i0 < T; i0 += kTile) {
     const acc_t* ri[kTile];
     for (int a = 0; a < kTile; ++a) ri[a] = i0 + a < T ? rows[i0 + a] : zero;
     for (int64_t j0 = i0; j0 < T; j0 += kTile) {
       const acc_t* rj[kTile];
       for (int b = 0; b < kTile; ++b) rj[b] = j0 + b < T ? rows[j0 + b] : zero;
-      tile_dots(ri, rj, n, part);
+      tile_dots<kTile>(ri, rj, n, part);
       for (int a = 0; a < kTile && i0 + a < T; ++a)
         for (int b = 0; b < kTile && j0 + b < T; ++b) G[(i0 + a) * T + (j0 + b)] += part[a][b];
     }
@@ -102,7 +104,11 @@ void block_gram(const scalar_t* data, int64_t ld, int64_t T, int64_t n, double* 
           rows[t] = data + t * ld + lo;
         }
       }
-      chunk_gram(rows.data(), zero.data(), T, len, Gp);
+      if (T <= 2) {
+        chunk_gram<2>(rows.data(), zero.data(), T, len, Gp);
+      } else {
+        chunk_gram<kMaxTile>(rows.data(), zero.data(), T, len, Gp);
+      }
     }
   });
   for (int th = 0; th < threads; ++th)
@@ -148,7 +154,8 @@ at::Tensor block_grams_cpu(at::TensorList blocks) {
 
 // out[0:n] += sum_t w[t] * rows[t][0:n], vectorised over n, threads over chunks.
 template <typename scalar_t>
-void combine_block(const scalar_t* data, int64_t ld, const double* w, int64_t T, int64_t n, scalar_t* out) {
+void combine_block(const scalar_t* data, int64_t ld, const double* w, int64_t T, int64_t n, scalar_t* out,
+                   bool accumulate) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
@@ -161,29 +168,34 @@ void combine_block(const scalar_t* data, int64_t ld, const double* w, int64_t T,
       const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
       if constexpr (widen) {
         for (int64_t p = lo; p < hi; ++p) {
-          acc_t acc = static_cast<acc_t>(out[p]);
+          acc_t acc = accumulate ? static_cast<acc_t>(out[p]) : acc_t(0);
           for (int64_t t = 0; t < T; ++t) acc += wa[t] * static_cast<acc_t>(data[t * ld + p]);
           out[p] = static_cast<scalar_t>(acc);
         }
       } else {
         int64_t p = lo;
         for (; p + V <= hi; p += V) {
-          Vec acc = Vec::loadu(out + p);
+          Vec acc = accumulate ? Vec::loadu(out + p) : Vec(0);
           for (int64_t t = 0; t < T; ++t) acc = at::vec::fmadd(Vec(wa[t]), Vec::loadu(data + t * ld + p), acc);
-          acc.store(out + p);
+          if (accumulate) {
+            acc.store(out + p);
+          } else {
+            store_stream(acc, out + p);  // a fresh .grad: no read-for-ownership
+          }
         }
         if (p < hi) {
           const int64_t k = hi - p;
-          Vec acc = Vec::loadu(out + p, k);
+          Vec acc = accumulate ? Vec::loadu(out + p, k) : Vec(0);
           for (int64_t t = 0; t < T; ++t) acc = at::vec::fmadd(Vec(wa[t]), Vec::loadu(data + t * ld + p, k), acc);
           acc.store(out + p, k);
         }
       }
     }
+    store_fence();
   });
 }
 
-void combine_cpu(at::TensorList blocks, const at::Tensor& weights, at::TensorList out) {
+void combine_cpu(at::TensorList blocks, const at::Tensor& weights, at::TensorList out, bool accumulate) {
   const int64_t T = check_combine(blocks, weights, out);
   const at::Tensor w = weights.to(at::kDouble).contiguous();
   const double* wp = w.const_data_ptr<double>();
@@ -193,7 +205,7 @@ void combine_cpu(at::TensorList blocks, const at::Tensor& weights, at::TensorLis
     TORCH_CHECK_VALUE(target.is_contiguous(), "combine_: out[", k, "] must be contiguous (a parameter's .grad)");
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "combine_cpu", [&] {
       combine_block<scalar_t>(rows.const_data_ptr<scalar_t>(), rows.stride(0), wp, T, rows.size(1),
-                              target.mutable_data_ptr<scalar_t>());
+                              target.mutable_data_ptr<scalar_t>(), accumulate);
     });
   }
 }

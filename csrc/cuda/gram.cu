@@ -71,10 +71,10 @@ __global__ void gram_kernel(const scalar_t* __restrict__ rows, int64_t ld, int64
 
 template <typename scalar_t>
 __global__ void combine_kernel(const scalar_t* __restrict__ rows, int64_t ld, const double* __restrict__ w,
-                               int64_t T, int64_t n, scalar_t* __restrict__ out) {
+                               int64_t T, int64_t n, scalar_t* __restrict__ out, bool accumulate) {
   const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= n) return;
-  double acc = static_cast<double>(out[p]);
+  double acc = accumulate ? static_cast<double>(out[p]) : 0.0;
   for (int64_t t = 0; t < T; ++t) acc += w[t] * static_cast<double>(rows[t * ld + p]);
   out[p] = static_cast<scalar_t>(acc);
 }
@@ -111,7 +111,7 @@ at::Tensor block_grams_cuda(at::TensorList blocks) {
   return G;
 }
 
-void combine_cuda(at::TensorList blocks, const at::Tensor& weights, at::TensorList out) {
+void combine_cuda(at::TensorList blocks, const at::Tensor& weights, at::TensorList out, bool accumulate) {
   const int64_t T = check_combine(blocks, weights, out);
   const c10::cuda::CUDAGuard guard(blocks[0].device());
   const at::Tensor w = weights.to(blocks[0].device(), at::kDouble).contiguous();
@@ -125,7 +125,7 @@ void combine_cuda(at::TensorList blocks, const at::Tensor& weights, at::TensorLi
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "combine_cuda", [&] {
       combine_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           rows.const_data_ptr<scalar_t>(), rows.stride(0), w.const_data_ptr<double>(), T, n,
-          target.mutable_data_ptr<scalar_t>());
+          target.mutable_data_ptr<scalar_t>(), accumulate);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -63,11 +63,17 @@ def backward_except(total: Tensor, exclude: Iterable[Tensor]) -> None:
 
 
 def accumulate(params: list[Tensor], blocks: list[Tensor], weights: Tensor) -> None:
-    """``p.grad += sum_t weights[t] * block[t]`` for each parameter, in place."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
-    combine_(blocks, weights, [p.grad for p in params])
+    """``p.grad += sum_t weights[t] * block[t]`` for each parameter, in place; a parameter
+    without a gradient gets a fresh ``.grad`` written once (no zero fill, no read)."""
+    fresh = [p.grad is None for p in params]
+    for p, new in zip(params, fresh):
+        if new:
+            p.grad = torch.empty_like(p, memory_format=torch.contiguous_format)
+    existing = [k for k, new in enumerate(fresh) if not new]
+    created = [k for k, new in enumerate(fresh) if new]
+    for ks, acc in ((existing, True), (created, False)):
+        if ks:
+            combine_([blocks[k] for k in ks], weights, [params[k].grad for k in ks], accumulate=acc)
 
 
 class GrowingBuffers:

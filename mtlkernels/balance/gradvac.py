@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlkernels.balance.base import (GramMethod, GrowingBuffers, backward_except, check_gram, check_losses,
-                                     shared_list)
+from mtlkernels.balance.base import (GramMethod, GrowingBuffers, accumulate, backward_except, check_gram,
+                                     check_losses, shared_list)
 from mtlkernels.balance.jacobian import task_gradients
 from mtlkernels.balance.random_order import TaskOrder
-from mtlkernels.ops import block_grams, combine_
+from mtlkernels.ops import block_grams
 from mtlkernels.ops.solvers import gradvac_weights
 
 
@@ -66,9 +66,7 @@ class GradVac(GrowingBuffers, GramMethod):
         W, new_targets = gradvac_weights(Gk, orders, targets, self.beta)  # [K, T]
         self.target = new_targets.to(self.target.device)
         for k, p in enumerate(params):
-            if p.grad is None:
-                p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
-            combine_([blocks[k]], W[k].to(losses.dtype), [p.grad])
+            accumulate([p], [blocks[k]], W[k].to(losses.dtype))
         w = W.mean(0).to(losses.dtype)
         backward_except((w * losses).sum(), params)
         return w.detach()

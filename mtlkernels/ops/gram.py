@@ -5,8 +5,9 @@ blocks are never concatenated into a ``[T, P]`` matrix:
 
 - ``gram(blocks) -> G [T, T]`` float64, ``G[i, j] = <g_i, g_j>`` summed over the blocks;
 - ``block_grams(blocks) -> [K, T, T]``, one Gram per block (per-layer methods, GradVac);
-- ``combine_(blocks, weights, out)``: ``out_k += sum_t weights[t] * blocks[k][t]`` in place,
-  straight into each parameter's ``.grad`` (no P-sized temporary).
+- ``combine_(blocks, weights, out, accumulate=True)``: ``out_k += sum_t weights[t] * blocks[k][t]``
+  in place, straight into each parameter's ``.grad`` (no P-sized temporary); with
+  ``accumulate=False`` it overwrites ``out_k`` (a freshly allocated ``.grad``: no zero fill).
 
 Backends: ``native`` (C++ CPU: fp32 register tiles accumulated per chunk into float64; CUDA),
 ``triton`` (``mtlkernels/triton/gram.py``), ``reference`` (concatenate + matmul in float64).
@@ -54,7 +55,7 @@ if _extension.native_available():
         return blocks[0].new_empty(len(blocks), T, T, dtype=torch.float64)
 
     @torch.library.register_fake("mtlk::combine_")
-    def _combine_fake(blocks, weights, out):
+    def _combine_fake(blocks, weights, out, accumulate=True):
         return None
 
 
@@ -90,8 +91,10 @@ def block_grams(blocks: Sequence[Tensor], *, backend: str | None = None) -> Tens
     return reference.block_grams(blocks)
 
 
-def combine_(blocks: Sequence[Tensor], weights: Tensor, out: Sequence[Tensor], *, backend: str | None = None) -> None:
-    """``out[k] += sum_t weights[t] * blocks[k][t]`` in place; ``out[k]`` has ``blocks[k].shape[1:]``.
+def combine_(blocks: Sequence[Tensor], weights: Tensor, out: Sequence[Tensor], *, accumulate: bool = True,
+             backend: str | None = None) -> None:
+    """``out[k] += sum_t weights[t] * blocks[k][t]`` in place (``=`` when ``accumulate`` is False);
+    ``out[k]`` has ``blocks[k].shape[1:]``.
 
     ``weights`` ``[T]`` is applied in float64 (rounded once to the block dtype on the native CPU
     path). ``out`` tensors must be contiguous (``.grad`` tensors are).
@@ -107,8 +110,8 @@ def combine_(blocks: Sequence[Tensor], weights: Tensor, out: Sequence[Tensor], *
             raise ValueError(f"combine_: out[{k}] must be {tuple(b.shape[1:])}, got {tuple(o.shape)}")
     which = _backend.resolve("combine_", backend, blocks[0].device)
     if which == "native":
-        torch.ops.mtlk.combine_(list(blocks), weights.to(blocks[0].device), list(out))
+        torch.ops.mtlk.combine_(list(blocks), weights.to(blocks[0].device), list(out), accumulate)
     elif which == "triton":
-        _triton().combine_triton_(list(blocks), weights, list(out))
+        _triton().combine_triton_(list(blocks), weights, list(out), accumulate)
     else:
-        reference.combine_(blocks, weights, out)
+        reference.combine_(blocks, weights, out, accumulate)

@@ -23,8 +23,11 @@ def block_grams(blocks: Sequence[Tensor]) -> Tensor:
     return torch.stack([gram([b]) for b in blocks])
 
 
-def combine_(blocks: Sequence[Tensor], weights: Tensor, out: Sequence[Tensor]) -> None:
-    """``out_k += sum_t weights[t] * blocks[k][t]`` in place (computed in float64)."""
+def combine_(blocks: Sequence[Tensor], weights: Tensor, out: Sequence[Tensor], accumulate: bool = True) -> None:
+    """``out_k (+)= sum_t weights[t] * blocks[k][t]`` in place (computed in float64)."""
     w = weights.double()
     for b, o in zip(blocks, out):
-        o.add_(torch.tensordot(w, b.double(), dims=1).reshape(o.shape).to(o.dtype))
+        d = torch.tensordot(w, b.double(), dims=1).reshape(o.shape)
+        if accumulate:
+            d = d + o.double()
+        o.copy_(d)

@@ -52,8 +52,8 @@ def _gram_sources(ASTSource):
         yield f"combine[{dtype}]", ASTSource(
             fn=g._combine_kernel,
             signature={"x_ptr": f"*{dtype}", "w_ptr": "*fp64", "out_ptr": f"*{dtype}", "T": "i32", "n": "i64",
-                       "ld": "i64", "ACC": "constexpr", "BLOCK_P": "constexpr"},
-            constexprs={"ACC": acc, "BLOCK_P": 1024})
+                       "ld": "i64", "ACCUMULATE": "constexpr", "ACC": "constexpr", "BLOCK_P": "constexpr"},
+            constexprs={"ACCUMULATE": True, "ACC": acc, "BLOCK_P": 1024})
 
 
 def main(argv=None) -> int:

@@ -35,10 +35,14 @@ def _gram_kernel(x_ptr, g_ptr, T, n, ld, ACC: tl.constexpr, BLOCK_T: tl.constexp
 
 
 @triton.jit
-def _combine_kernel(x_ptr, w_ptr, out_ptr, T, n, ld, ACC: tl.constexpr, BLOCK_P: tl.constexpr):
+def _combine_kernel(x_ptr, w_ptr, out_ptr, T, n, ld, ACCUMULATE: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_P: tl.constexpr):
     p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     valid = p < n
-    acc = tl.load(out_ptr + p, mask=valid, other=0.0).to(ACC)
+    if ACCUMULATE:
+        acc = tl.load(out_ptr + p, mask=valid, other=0.0).to(ACC)
+    else:
+        acc = tl.zeros([BLOCK_P], dtype=ACC)
     for t in range(T):
         w = tl.load(w_ptr + t).to(ACC)
         acc += w * tl.load(x_ptr + t * ld + p, mask=valid, other=0.0).to(ACC)
@@ -93,7 +97,7 @@ def _(blocks):
 
 
 @torch.library.custom_op("mtlk::combine_triton_", mutates_args=("out",))
-def combine_triton_(blocks: Sequence[Tensor], weights: Tensor, out: Sequence[Tensor]) -> None:
+def combine_triton_(blocks: Sequence[Tensor], weights: Tensor, out: Sequence[Tensor], accumulate: bool = True) -> None:
     w = weights.to(device=blocks[0].device, dtype=torch.float64).contiguous()
     for b, o in zip(blocks, out):
         if not o.is_contiguous():
@@ -104,4 +108,5 @@ def combine_triton_(blocks: Sequence[Tensor], weights: Tensor, out: Sequence[Ten
             continue
         block_p = 4096 if _INTERPRETING else 1024
         acc = tl.float64 if o.dtype == torch.float64 else tl.float32
-        _combine_kernel[(triton.cdiv(n, block_p),)](rows, w, o, T, n, rows.stride(0), ACC=acc, BLOCK_P=block_p)
+        _combine_kernel[(triton.cdiv(n, block_p),)](rows, w, o, T, n, rows.stride(0), ACCUMULATE=accumulate, ACC=acc,
+                                                    BLOCK_P=block_p)

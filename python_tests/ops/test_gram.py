@@ -110,3 +110,13 @@ def test_opcheck_triton():
     torch.library.opcheck(torch.ops.mtlk.block_grams_triton.default, (blocks,))
     out = [torch.zeros(4, 5, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)]
     torch.library.opcheck(torch.ops.mtlk.combine_triton_.default, (blocks, torch.ones(3, dtype=torch.float64), out))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_combine_overwrite_mode_ignores_the_old_contents(backend):
+    blocks = make_blocks(3, [(4, 5), (1031,)], torch.float32)
+    w = torch.tensor([1.0, -2.0, 0.5])
+    out = [torch.full(b.shape[1:], float("nan")) for b in blocks]  # garbage, as in torch.empty
+    combine_(blocks, w, out, accumulate=False, backend=backend)
+    for b, o in zip(blocks, out):
+        torch.testing.assert_close(o, torch.tensordot(w, b, dims=1), rtol=1e-5, atol=1e-5)
