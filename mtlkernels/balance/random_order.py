@@ -15,8 +15,9 @@ class TaskOrder(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
 
     def draw(self, T: int) -> Tensor:
-        """``[T, T]`` int64 on CPU; row i is task i's order."""
-        return torch.stack([torch.randperm(T, generator=self.generator) for _ in range(T)])
+        """``[T, T]`` int64 on CPU; row i is task i's order (uniform random permutations, drawn
+        in one call as the argsort of T x T uniforms)."""
+        return torch.rand(T, T, generator=self.generator).argsort(dim=1)
 
     def get_extra_state(self):
         return {"generator": self.generator.get_state()}
