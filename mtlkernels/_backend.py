@@ -39,21 +39,29 @@ def _why_unusable(op: str, backend: str, device: torch.device) -> str | None:
     return None
 
 
-def resolve(op: str, backend: str | None, device: torch.device) -> str:
+def resolve(op: str, backend: str | None, device: torch.device, *, has_triton: bool = True) -> str:
     """The backend that will run ``op`` on ``device``; raises ValueError if the requested one can't.
 
-    Under ``torch.compile`` the choice is made once, at trace time, and is a constant of the graph.
+    ``has_triton=False`` for an op family without a Triton version: auto never picks Triton, an
+    explicit ``backend="triton"`` is an error, and a global ``MTLK_BACKEND=triton`` means auto
+    for that family. Under ``torch.compile`` the choice is made once, at trace time, and is a
+    constant of the graph.
     """
-    return _resolve(op, backend, device.type)
+    return _resolve(op, backend, device.type, has_triton)
 
 
 @torch.compiler.assume_constant_result
-def _resolve(op: str, backend: str | None, device_type: str) -> str:
+def _resolve(op: str, backend: str | None, device_type: str, has_triton: bool) -> str:
     device = torch.device(device_type)
     requested = backend if backend is not None else os.environ.get("MTLK_BACKEND", "auto")
     source = "backend" if backend is not None else "MTLK_BACKEND"
+    if requested == "triton" and not has_triton:
+        if backend is not None:
+            raise ValueError(f"{op}: backend='triton' is not available for this op family; "
+                             "use 'native' or 'reference'")
+        requested = "auto"
     if requested == "auto":
-        if device.type == "cuda":
+        if device.type == "cuda" and has_triton:
             order = ("native", "triton", "reference")
         else:
             order = ("native", "reference")

@@ -1,9 +1,10 @@
-"""The swap-in demo: a plain MMoE layer, written the way popular libraries write it
-(a Python loop over expert MLPs and over per-task gates, softmax then a weighted sum),
-and the same layer with its gate mixture replaced by ``mtlkernels.ops.gate_mix``.
+"""The swap-in demo: an MMoE written the way popular libraries write it
+(``mtlkernels.reference.expert_loop.LoopMMoE``: a Python loop over expert and gate modules,
+softmax then a weighted sum) converted by ``mtlkernels.nn.swap.mmoe_from`` into the grouped
+model whose mixture is one ``gate_mix`` call, with the same weights.
 
-Both layers share one set of parameters, so their outputs and gradients must agree;
-the demo checks that and then times forward+backward of each.
+The demo checks that outputs and gradients agree, then times forward+backward of both models
+and of the gate mixture alone.
 """
 from __future__ import annotations
 
@@ -11,47 +12,10 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
+from mtlkernels.nn.swap import mmoe_from
 from mtlkernels.ops import gate_mix
-
-
-class LoopMMoE(nn.Module):
-    """MMoE layer (Ma et al., KDD 2018) as commonly written: experts and gates in Python loops.
-
-    Input ``[B, in_features]``; output ``[B, T, expert_dim]`` (one mixture per task).
-    """
-
-    def __init__(self, in_features: int, expert_dim: int, num_experts: int, num_tasks: int):
-        super().__init__()
-        self.experts = nn.ModuleList(
-            nn.Sequential(nn.Linear(in_features, expert_dim), nn.ReLU()) for _ in range(num_experts))
-        self.gates = nn.ModuleList(nn.Linear(in_features, num_experts) for _ in range(num_tasks))
-
-    def expert_outputs(self, x):
-        return torch.stack([e(x) for e in self.experts], dim=1)  # [B, X, D]
-
-    def gate_logits(self, x):
-        return torch.stack([g(x) for g in self.gates], dim=1)  # [B, T, X]
-
-    def forward(self, x):
-        experts = self.expert_outputs(x)
-        mixtures = []
-        for gate in self.gates:
-            weights = torch.softmax(gate(x), dim=-1)  # [B, X]
-            mixtures.append((weights.unsqueeze(-1) * experts).sum(dim=1))  # [B, D]
-        return torch.stack(mixtures, dim=1)
-
-
-class SwappedMMoE(nn.Module):
-    """The same layer and parameters, with the mixture done by one fused ``gate_mix`` call."""
-
-    def __init__(self, loop_layer: LoopMMoE):
-        super().__init__()
-        self.layer = loop_layer
-
-    def forward(self, x):
-        return gate_mix(self.layer.expert_outputs(x), self.layer.gate_logits(x))
+from mtlkernels.reference.expert_loop import LoopMMoE
 
 
 def _median_ms(fn, reps):
@@ -64,28 +28,40 @@ def _median_ms(fn, reps):
     return 1e3 * statistics.median(samples)
 
 
+def _max_grad_diff(loop: LoopMMoE, fast, g_loop, g_fast) -> float:
+    """Largest difference between the loop's expert-weight gradients and the grouped ones."""
+    grouped = dict(zip([n for n, _ in fast.named_parameters()], g_fast))
+    names = [n for n, _ in loop.named_parameters()]
+    worst = 0.0
+    for layer, _ in enumerate(fast.experts.layers):
+        fast_w = grouped[f"experts.layers.{layer}.weight"]
+        for e in range(len(loop.experts)):
+            loop_w = g_loop[names.index(f"experts.{e}.{2 * layer}.weight")]
+            slice_ = fast_w[:, e].t() if fast.experts.layers[layer].shared_input else fast_w[e].t()
+            worst = max(worst, (slice_ - loop_w).abs().max().item())
+    return worst
+
+
 def run_demo(batch: int = 4096, in_features: int = 128, expert_dim: int = 128, num_experts: int = 8,
              num_tasks: int = 4, reps: int = 20, threads: int = 1) -> dict:
-    """Checks the swap is exact and times forward+backward of both layers and of the mixture alone."""
+    """Checks the swap is exact and times forward+backward of both models and of the mixture alone."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    loop = LoopMMoE(in_features, expert_dim, num_experts, num_tasks)
-    swapped = SwappedMMoE(loop)
+    loop = LoopMMoE(in_features, num_tasks, num_experts, (expert_dim,), (16,))
+    fast = mmoe_from(loop.experts, loop.gates, loop.towers)
     x = torch.randn(batch, in_features)
-    grad = torch.randn(batch, num_tasks, expert_dim)
+    grad = torch.randn(batch, num_tasks)
 
-    out_loop, out_swap = loop(x), swapped(x)
+    out_loop, out_fast = loop(x), fast(x)
     g_loop = torch.autograd.grad(out_loop, list(loop.parameters()), grad)
-    g_swap = torch.autograd.grad(out_swap, list(loop.parameters()), grad)
-    max_out_diff = (out_loop - out_swap).abs().max().item()
-    max_grad_diff = max((a - b).abs().max().item() for a, b in zip(g_loop, g_swap))
+    g_fast = torch.autograd.grad(out_fast, list(fast.parameters()), grad)
 
-    def step(layer):
-        return lambda: torch.autograd.grad(layer(x), list(loop.parameters()), grad)
+    def step(model):
+        return lambda: torch.autograd.grad(model(x), list(model.parameters()), grad)
 
     with torch.no_grad():
-        experts = loop.expert_outputs(x)
-        logits = loop.gate_logits(x)
+        experts = torch.stack([e(x) for e in loop.experts], dim=1)  # [B, X, D]
+        logits = torch.stack([gate[0](x) for gate in loop.gates], dim=1)  # [B, T, X]
     experts.requires_grad_()
     logits.requires_grad_()
     g = torch.randn(batch, num_tasks, expert_dim)
@@ -103,10 +79,10 @@ def run_demo(batch: int = 4096, in_features: int = 128, expert_dim: int = 128, n
     return {
         "shape": dict(batch=batch, in_features=in_features, expert_dim=expert_dim, experts=num_experts,
                       tasks=num_tasks, threads=threads),
-        "max_abs_diff_output": max_out_diff,
-        "max_abs_diff_grads": max_grad_diff,
+        "max_abs_diff_output": (out_loop - out_fast).abs().max().item(),
+        "max_abs_diff_grads": _max_grad_diff(loop, fast, g_loop, g_fast),
         "layer_loop_ms": _median_ms(step(loop), reps),
-        "layer_swapped_ms": _median_ms(step(swapped), reps),
+        "layer_swapped_ms": _median_ms(step(fast), reps),
         "mixture_loop_ms": _median_ms(mixture(False), reps),
         "mixture_kernel_ms": _median_ms(mixture(True), reps),
     }

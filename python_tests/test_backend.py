@@ -40,3 +40,14 @@ def test_backends_agree_through_the_public_function():
     outs = {b: gate_mix(experts, logits, backend=b) for b in _backend.BACKENDS}
     torch.testing.assert_close(outs["native"], outs["reference"])
     torch.testing.assert_close(outs["triton"], outs["reference"])
+
+
+@needs_native
+def test_family_without_triton(monkeypatch):
+    """A global MTLK_BACKEND=triton means auto for a family that has no Triton version; asking
+    for Triton explicitly is an error."""
+    monkeypatch.setenv("MTLK_BACKEND", "triton")
+    assert _backend.resolve("mgda_weights", None, torch.device("cpu"), has_triton=False) == "native"
+    with pytest.raises(ValueError, match="backend='triton' is not available for this op family"):
+        _backend.resolve("mgda_weights", "triton", torch.device("cpu"), has_triton=False)
+    assert _backend.resolve("mgda_weights", None, torch.device("cuda"), has_triton=False) in ("native", "reference")

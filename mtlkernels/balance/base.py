@@ -127,23 +127,24 @@ class GramMethod(nn.Module):
     def gram_weights(self, G: Tensor, losses: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _solve(self, losses: Tensor, inputs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """Task-gradient blocks at ``inputs`` and the method's weights (checked finite first)."""
+        blocks = task_gradients(losses, inputs)
+        G = gram(blocks)
+        check_gram(G)
+        return blocks, self.gram_weights(G, losses.detach()).to(losses.dtype)
+
     def backward(self, losses: Tensor, shared=None, *, representation: Tensor | None = None) -> Tensor:
         T = check_losses(losses)
         if representation is not None:
-            blocks = task_gradients(losses, [representation])
-            G = gram(blocks)
-            check_gram(G)
-            w = self.gram_weights(G, losses.detach()).to(losses.dtype)
+            _, w = self._solve(losses, [representation])
             (w * losses).sum().backward()
             return w.detach()
         params = shared_list(shared)
         if T == 1:
             losses.sum().backward()
             return torch.ones(1, dtype=losses.dtype, device=losses.device)
-        blocks = task_gradients(losses, params)
-        G = gram(blocks)
-        check_gram(G)
-        w = self.gram_weights(G, losses.detach()).to(losses.dtype)
+        blocks, w = self._solve(losses, params)
         accumulate(params, blocks, w)
         backward_except((w * losses).sum(), params)
         return w.detach()

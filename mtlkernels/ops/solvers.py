@@ -83,20 +83,8 @@ def _check_order(op: str, order, gram: Tensor) -> None:
 
 
 def _resolve(op: str, backend: str | None, device: torch.device) -> str:
-    """``native`` or ``reference`` (see ``mtlkernels._backend``). There is no Triton version: an
-    explicit ``backend="triton"`` is an error, ``MTLK_BACKEND=triton`` falls back to auto."""
-    if backend == "triton":
-        raise ValueError(f"{op}: backend='triton' is not available for the T x T solvers (sequential "
-                         "recurrences on tiny matrices, nothing to tile); use 'native' or 'reference'")
-    return _resolve_device_type(op, backend, device.type)
-
-
-@torch.compiler.assume_constant_result
-def _resolve_device_type(op: str, backend: str | None, device_type: str) -> str:
-    which = _backend.resolve(op, backend, torch.device(device_type))
-    if which == "triton":
-        which = "native" if _extension.native_has_kernel(op, device_type) else "reference"
-    return which
+    """``native`` or ``reference``: this family has no Triton version (see the module docstring)."""
+    return _backend.resolve(op, backend, device, has_triton=False)
 
 
 def _batched(t: Tensor, single: bool) -> Tensor:
