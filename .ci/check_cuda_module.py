@@ -6,11 +6,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import mtlkernels
 from mtlkernels import _C
-from mtlkernels.ops import gate_mix
+from mtlkernels.ops import gate_mix, grouped_mlp
 from mtlkernels.reference import gate_mix as reference_gate_mix
+from mtlkernels.reference.grouped_mlp import grouped_mlp as reference_grouped_mlp
 
 OPS = ["gate_mix", "gate_mix_backward", "gram", "block_grams", "combine_",
-       "pcgrad_weights", "gradvac_weights", "mgda_weights", "peltr_weights"]
+       "pcgrad_weights", "gradvac_weights", "mgda_weights", "peltr_weights",
+       "grouped_mlp", "grouped_mlp_backward"]
 
 info = mtlkernels.build_info()
 print("build_info:", info)
@@ -26,7 +28,15 @@ with FakeTensorMode():
     lg = torch.empty(4, 2, 3, device="cuda")
     out, probs = torch.ops.mtlk.gate_mix(e, lg, None, True)
     assert out.shape == (4, 2, 5) and out.device.type == "cuda" and probs.shape == (4, 2, 3)
+    acts = torch.ops.mtlk.grouped_mlp(torch.empty(4, 6, device="cuda"),
+                                      [torch.empty(6, 3, 5, device="cuda"), torch.empty(3, 5, 2, device="cuda")],
+                                      [torch.empty(3, 5, device="cuda"), torch.empty(3, 2, device="cuda")],
+                                      [True, False], True)
+    assert acts[0].shape == (3, 4, 5) and acts[1].shape == (4, 3, 2) and acts[1].device.type == "cuda"
 
 e, lg = torch.randn(9, 4, 33, dtype=torch.float64), torch.randn(9, 3, 4, dtype=torch.float64)
 torch.testing.assert_close(gate_mix(e, lg, backend="native"), reference_gate_mix(e, lg)[0])
+x, ws, bs = torch.randn(7, 5, dtype=torch.float64), [torch.randn(5, 3, 4, dtype=torch.float64)], [None]
+torch.testing.assert_close(grouped_mlp(x, ws, bs, [True], shared_input=True, backend="native"),
+                           reference_grouped_mlp(x, ws, bs, [True], True)[-1])
 print("cuda_compile_check: CUDA kernels registered for", ", ".join(OPS))

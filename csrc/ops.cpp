@@ -41,4 +41,16 @@ TORCH_LIBRARY(mtlk, m) {
   // peltr: PE-LTR PECsolver with lower bounds [N, T] (c >= 0, sum c <= 1): relaxed KKT solve then
   //   projection onto {w >= c, sum w = 1}.
   m.def("peltr_weights(Tensor gram, Tensor lower_bounds) -> Tensor");
+
+  // Grouped MLP (csrc/grouped_mlp.h): G parallel MLPs, activations [B, G, width].
+  // x [B, in] with shared_input (weights[0] [in, G, out0]) or [B, G, in] (weights[0] [G, in, out0]);
+  // weights[l >= 1] [G, in_l, out_l]; biases[l] [G, out_l]; relu[l] = ReLU after layer l.
+  // Returns every layer's (post-ReLU) activation: [G, B, out_l] for l < L-1 (group-major),
+  // then the output [B, G, out].
+  m.def("grouped_mlp(Tensor x, Tensor[] weights, Tensor[] biases, bool[] relu, bool shared_input) -> Tensor[]");
+  // grads[l] = gradient of activation l or None. Returns (grad_x or [0]-sized when !input_grad,
+  // grad weights, grad biases).
+  m.def(
+      "grouped_mlp_backward(Tensor?[] grads, Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] activations, "
+      "bool[] relu, bool shared_input, bool input_grad) -> (Tensor, Tensor[], Tensor[])");
 }

@@ -8,6 +8,7 @@ the test path, never chosen automatically.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -52,8 +53,18 @@ def resolve(op: str, backend: str | None, device: torch.device, *, has_triton: b
 
 @torch.compiler.assume_constant_result
 def _resolve(op: str, backend: str | None, device_type: str, has_triton: bool) -> str:
+    return _resolve_cached(op, backend, device_type, has_triton, os.environ.get("MTLK_BACKEND", "auto"),
+                           os.environ.get("TRITON_INTERPRET"))
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_cached(op: str, backend: str | None, device_type: str, has_triton: bool, env_backend: str,
+                    triton_interpret: str | None) -> str:
+    """The choice depends only on its arguments, the two environment variables (passed in, so a
+    change is seen) and what is installed, which is fixed per process: cached, since a model
+    step asks several times per op call."""
     device = torch.device(device_type)
-    requested = backend if backend is not None else os.environ.get("MTLK_BACKEND", "auto")
+    requested = backend if backend is not None else env_backend
     source = "backend" if backend is not None else "MTLK_BACKEND"
     if requested == "triton" and not has_triton:
         if backend is not None:

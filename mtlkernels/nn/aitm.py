@@ -46,18 +46,18 @@ class AITM(MultiTaskModel):
         self.dropout = dropout
 
     def forward(self, x: Tensor, return_representation: bool = False):
-        q = self.towers(x)  # [T, B, k]
-        z = [q[0]]
+        q = self.towers(x)  # [B, T, k]
+        z = [q[:, 0]]
         for t in range(1, self.num_tasks):
             s = t - 1
             p = torch.relu(torch.addmm(self.transfer.bias[s], z[-1], self.transfer.weight[s]))
             if self.dropout > 0:
                 p = nn.functional.dropout(p, self.dropout, self.training)
-            tokens = torch.stack([p, q[t]], dim=1)  # [B, 2, k]
+            tokens = torch.stack([p, q[:, t]], dim=1)  # [B, 2, k]
             h1, h2, h3 = (tokens @ self.attention.weight[s]).split(self.k, dim=-1)
             scores = (h2 * h3).sum(-1, keepdim=True).transpose(1, 2) / math.sqrt(self.k)  # [B, 1, 2]
             z.append(gate_mix(h1, scores)[:, 0])
-        logits = self.heads(torch.stack(z)).squeeze(-1).t()  # [B, T]
+        logits = self.heads(torch.stack(z, dim=1)).squeeze(-1)  # [B, T]
         return (logits, x) if return_representation else logits
 
     @staticmethod

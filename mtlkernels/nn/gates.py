@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from mtlkernels.ops import grouped_mlp
+
 
 class Gates(nn.Module):
     """G linear gates producing logits ``[B, G, X]`` and the visibility mask ``[G, X]``.
@@ -20,7 +22,8 @@ class Gates(nn.Module):
         visible: G lists of expert indices, ``visible[g]`` = experts gate g mixes (non-empty).
         num_experts: X.
         in_features: input width of every gate.
-        shared_input: True if all gates read one ``[B, in]`` input; else input ``[G, B, in]``.
+        shared_input: True if all gates read one ``[B, in]`` input; else input ``[B, G, in]``
+            (gate g reads ``x[:, g]``).
     """
 
     def __init__(self, visible: list[list[int]], num_experts: int, in_features: int, *, shared_input: bool):
@@ -73,10 +76,10 @@ class Gates(nn.Module):
         w, b = self._full()
         if self.shared_input:
             return torch.addmm(b, x, w.t()).view(x.shape[0], G, X)
-        if x.dim() != 3 or x.shape[0] != G:
-            raise ValueError(f"Gates: expected per-gate input [{G}, B, {self.in_features}], got {tuple(x.shape)}")
-        logits = torch.baddbmm(b.view(G, 1, X), x, w.view(G, X, self.in_features).transpose(1, 2))
-        return logits.transpose(0, 1)
+        if x.dim() != 3 or x.shape[1] != G:
+            raise ValueError(f"Gates: expected per-gate input [B, {G}, {self.in_features}], got {tuple(x.shape)}")
+        return grouped_mlp(x, [w.view(G, X, self.in_features).transpose(1, 2)], [b.view(G, X)], [False],
+                           shared_input=False)
 
     def extra_repr(self) -> str:
         return (f"gates={self.num_gates}, experts={self.num_experts}, in_features={self.in_features}, "

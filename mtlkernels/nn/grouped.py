@@ -1,10 +1,11 @@
 """G parallel MLPs computed as grouped matrix products: the experts of an MoE layer, the
 towers of the tasks. Never a Python loop over the groups.
 
-Layout: a layer whose input is shared by all groups (``[B, in]``) stores its weight as
-``[in, G, out]`` and runs as ONE matrix product ``[B, in] @ [in, G*out]``; a layer whose
-input differs per group (``[G, B, in]``) stores ``[G, in, out]`` and runs as one batched
-product. Bias is fused into the product (addmm/baddbmm) and ReLU is applied in place.
+Layout: batch-major, every activation ``[B, G, width]`` (what ``gate_mix`` reads and writes).
+A layer whose input is shared by all groups (``[B, in]``) stores its weight as ``[in, G, out]``
+and runs as ONE matrix product ``[B, in] @ [in, G*out]``; a layer whose input differs per group
+(``[B, G, in]``) stores ``[G, in, out]``. Both run through the fused ``grouped_mlp`` op (bias,
+ReLU and their backward fused per group block), a whole Linear/ReLU stack in one call.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlkernels.ops import grouped_mlp
+
 _ACTIVATIONS = {"relu", "none"}
 
 
@@ -22,8 +25,8 @@ class GroupedLinear(nn.Module):
 
     Args:
         groups: G.
-        shared_input: True if every group reads the same ``[B, in]`` input; the output is then
-            ``[B, G, out]``. False: input ``[G, B, in]`` (any strides), output ``[G, B, out]``.
+        shared_input: True if every group reads the same ``[B, in]`` input; False: input
+            ``[B, G, in]`` (any strides). The output is ``[B, G, out]`` either way.
 
     Initialisation matches ``nn.Linear`` (Kaiming-uniform weights, fan-in-uniform bias) per group.
     """
@@ -53,21 +56,8 @@ class GroupedLinear(nn.Module):
         return w.t()
 
     def forward(self, x: Tensor, relu: bool = False) -> Tensor:
-        """``relu=True`` applies ReLU in place on the product itself, before any view, so
-        autograd keeps no copy of the pre-activation."""
-        if self.shared_input:
-            if x.dim() != 2 or x.shape[1] != self.in_features:
-                raise ValueError(f"GroupedLinear: expected input [B, {self.in_features}], got {tuple(x.shape)}")
-            w = self.weight.reshape(self.in_features, self.groups * self.out_features)
-            y = x @ w if self.bias is None else torch.addmm(self.bias.reshape(-1), x, w)
-            if relu:
-                y = torch.relu_(y)
-            return y.view(x.shape[0], self.groups, self.out_features)
-        if x.dim() != 3 or x.shape[0] != self.groups or x.shape[2] != self.in_features:
-            raise ValueError(f"GroupedLinear: expected input [{self.groups}, B, {self.in_features}], "
-                             f"got {tuple(x.shape)}")
-        y = torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
-        return torch.relu_(y) if relu else y
+        """``[B, in]`` or ``[B, G, in]`` -> ``[B, G, out]``; ``relu=True`` fuses a ReLU."""
+        return grouped_mlp(x, [self.weight], [self.bias], [relu], shared_input=self.shared_input)
 
     def extra_repr(self) -> str:
         return (f"groups={self.groups}, in_features={self.in_features}, out_features={self.out_features}, "
@@ -79,9 +69,10 @@ class GroupedMLP(nn.Module):
     BatchNorm, activation, dropout (the MTReclib/torch-rechub layer order).
 
     Input ``[B, in]`` when ``shared_input`` (e.g. experts reading the feature vector) or
-    ``[G, B, in]``. Output ``[G, B, hidden[-1]]`` (possibly a transposed view: use
-    ``.transpose(0, 1)`` for ``[B, G, out]``, which the gate mixture reads without a copy).
-    ``activation="none"`` on the last layer gives raw outputs (tower logits).
+    ``[B, G, in]``; output ``[B, G, hidden[-1]]``. ``last_activation=False`` leaves the last
+    layer raw (tower logits). Without batch norm and active dropout the whole stack is one
+    fused ``grouped_mlp`` call; otherwise each layer is one call followed by the norm, ReLU and
+    dropout.
     """
 
     def __init__(self, groups: int, in_features: int, hidden: list[int] | tuple[int, ...], *,
@@ -107,25 +98,24 @@ class GroupedMLP(nn.Module):
         self.norms = nn.ModuleList(nn.BatchNorm1d(groups * w) for w in hidden[:normed]) if batch_norm else None
         self.out_features = hidden[-1]
 
+    def _activated(self, i: int) -> bool:
+        return i < len(self.layers) - 1 or self.last_activation
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.norms is None and (self.dropout == 0 or not self.training):
+            relu = [self._activated(i) and self.activation == "relu" for i in range(len(self.layers))]
+            return grouped_mlp(x, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
+                               relu, shared_input=self.shared_input)
         h = x
-        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            activated = i < last or self.last_activation
+            activated = self._activated(i)
             h = layer(h, relu=activated and self.activation == "relu" and self.norms is None)
-            if layer.shared_input:
-                h = h.transpose(0, 1)  # [B, G, out] -> [G, B, out] view
             if activated:
                 if self.norms is not None:
-                    h = self._batch_norm(self.norms[i], h)
+                    B, G, W = h.shape
+                    h = self.norms[i](h.reshape(B, G * W)).view(B, G, W)
                     if self.activation == "relu":
                         h = F.relu(h)
                 if self.dropout > 0:
                     h = F.dropout(h, self.dropout, self.training)
         return h
-
-    @staticmethod
-    def _batch_norm(norm: nn.BatchNorm1d, h: Tensor) -> Tensor:
-        G, B, W = h.shape
-        flat = h.transpose(0, 1).reshape(B, G * W)
-        return norm(flat).view(B, G, W).transpose(0, 1)

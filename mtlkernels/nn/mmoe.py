@@ -31,7 +31,7 @@ class SharedBottom(MultiTaskModel):
                              batch_norm=batch_norm, dropout=dropout)
 
     def forward(self, x: Tensor, return_representation: bool = False):
-        h = self.bottom(x)[0]  # [B, H]
+        h = self.bottom(x)[:, 0]  # [B, H]
         logits = self.towers(h)
         return (logits, h) if return_representation else logits
 
@@ -59,12 +59,11 @@ class MMoE(MultiTaskModel):
         self.towers = Towers(num_tasks, expert_hidden[-1], tower_hidden, batch_norm=batch_norm, dropout=dropout)
 
     def forward(self, x: Tensor, return_representation: bool = False):
-        experts = self.experts(x).transpose(0, 1)  # [B, X, D]
+        experts = self.experts(x)  # [B, X, D]
         mixed = gate_mix(experts, self.gates(x))  # [B, gates, D]
-        towers_in = mixed.transpose(0, 1)
-        if towers_in.shape[0] != self.num_tasks:  # OMoE: one mixture read by every tower
-            towers_in = towers_in.expand(self.num_tasks, -1, -1)
-        logits = self.towers(towers_in)
+        if mixed.shape[1] != self.num_tasks:  # OMoE: one mixture read by every tower
+            mixed = mixed.expand(-1, self.num_tasks, -1)
+        logits = self.towers(mixed)
         return (logits, experts) if return_representation else logits
 
 

@@ -36,8 +36,8 @@ def expert_layout(task_experts: Sequence[int], shared_experts: int) -> tuple[lis
 class PLELevel(nn.Module):
     """One extraction level: experts of every task and shared, task gates, optional shared gate.
 
-    Input: ``x [B, in]`` at the first level, else ``[T+1, B, in]`` (task mixtures, then the
-    shared mixture). Output: ``[T+1, B, D]`` with the shared gate, else ``[T, B, D]``.
+    Input: ``x [B, in]`` at the first level, else ``[B, T+1, in]`` (task mixtures, then the
+    shared mixture). Output: ``[B, T+1, D]`` with the shared gate, else ``[B, T, D]``.
     """
 
     def __init__(self, in_features: int, task_experts: Sequence[int], shared_experts: int,
@@ -56,16 +56,15 @@ class PLELevel(nn.Module):
         self.gate_inputs = T + 1 if shared_gate else T
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (the level's mixtures ``[gates, B, D]``, its expert outputs ``[B, X, D]``)."""
+        """Returns (the level's mixtures ``[B, gates, D]``, its expert outputs ``[B, X, D]``)."""
         if self.first:
             experts = self.experts(h)
             logits = self.gates(h)
         else:
-            experts = self.experts(h.index_select(0, self.owner))  # each expert reads its owner's mixture
-            logits = self.gates(h[:self.gate_inputs])
-        experts = experts.transpose(0, 1)  # [B, X, D]
+            experts = self.experts(h.index_select(1, self.owner))  # each expert reads its owner's mixture
+            logits = self.gates(h[:, :self.gate_inputs])
         mixed = gate_mix(experts, logits, expert_mask=self.gates.expert_mask())
-        return mixed.transpose(0, 1), experts
+        return mixed, experts
 
 
 class PLE(MultiTaskModel):

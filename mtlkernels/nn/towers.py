@@ -9,8 +9,8 @@ from mtlkernels.nn.grouped import GroupedMLP
 class Towers(nn.Module):
     """T towers ``in -> hidden... -> 1`` (ReLU between layers, no activation on the logit).
 
-    Input ``[T, B, in]`` (one representation per task, e.g. ``gate_mix(...).transpose(0, 1)``)
-    or, with ``shared_input=True``, one ``[B, in]`` read by every tower. Output logits ``[B, T]``.
+    Input ``[B, T, in]`` (one representation per task, e.g. the output of ``gate_mix``) or,
+    with ``shared_input=True``, one ``[B, in]`` read by every tower. Output logits ``[B, T]``.
     """
 
     def __init__(self, num_tasks: int, in_features: int, hidden: tuple[int, ...] | list[int] = (64,), *,
@@ -21,4 +21,4 @@ class Towers(nn.Module):
                               last_activation=False, batch_norm=batch_norm, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(x).squeeze(-1).t()
+        return self.mlp(x).squeeze(-1)

@@ -13,9 +13,11 @@ def jacobian_matrix(blocks: Sequence[Tensor]) -> Tensor:
 
 
 def gram(blocks: Sequence[Tensor]) -> Tensor:
-    """``G = J J^T`` [T, T], float64."""
+    """``G = J J^T`` [T, T], float64, exactly symmetric (the upper triangle mirrored: a BLAS may
+    round ``<g_i, g_j>`` and ``<g_j, g_i>`` differently)."""
     J = jacobian_matrix(blocks)
-    return J @ J.T
+    upper = torch.triu(J @ J.T)
+    return upper + torch.triu(upper, 1).T
 
 
 def block_grams(blocks: Sequence[Tensor]) -> Tensor:

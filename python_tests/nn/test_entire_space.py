@@ -80,7 +80,7 @@ def test_aitm_attention_is_q_dot_k_over_two_tokens():
     torch.manual_seed(3)
     model = mnn.AITM(10, 2, (8, 4)).double()
     x = torch.randn(7, 10, dtype=torch.float64)
-    q = model.towers(x)
+    q = model.towers(x).transpose(0, 1)  # [T, B, k]
     p = torch.relu(x.new_tensor(0) + q[0] @ model.transfer.weight[0] + model.transfer.bias[0])
     u = torch.stack([p, q[1]], 1)
     h = u @ model.attention.weight[0]
@@ -96,7 +96,7 @@ def test_aitm_attention_is_q_dot_k_over_two_tokens():
 def test_aitm_single_task_is_a_plain_tower():
     model = mnn.AITM(6, 1, (5, 3))
     x = torch.randn(4, 6)
-    torch.testing.assert_close(model(x)[:, 0], (model.towers(x)[0] @ model.heads.weight[0] + model.heads.bias[0])[:, 0])
+    torch.testing.assert_close(model(x)[:, 0], (model.towers(x)[:, 0] @ model.heads.weight[0] + model.heads.bias[0])[:, 0])
 
 
 def test_aitm_calibrator():

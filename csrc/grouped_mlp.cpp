@@ -1,0 +1,267 @@
+// Grouped MLP driver, device-generic: the matrix products are ATen mm_out calls on strided
+// per-group views (MKL/oneDNN on CPU, cuBLAS on CUDA), so no operand is ever copied into a
+// batched layout; the epilogues run per group block right after the product that wrote it.
+// Backward walks each group's chain of layers top to bottom while its blocks are in cache;
+// a shared-input first layer runs as one product over all groups at the end.
+#include "grouped_mlp.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/threshold_backward.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+namespace mtlk {
+namespace {
+
+struct Dims {
+  int64_t B, G;
+  std::vector<int64_t> width;  // width[0] = input width, width[l + 1] = output width of layer l
+};
+
+Dims check_args(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                const c10::List<bool>& relu, bool shared_input) {
+  const int64_t L = static_cast<int64_t>(weights.size());
+  TORCH_CHECK_VALUE(L >= 1, "grouped_mlp: weights must hold at least one layer");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(biases.size()) == L, "grouped_mlp: biases has ", biases.size(),
+                    " entries for ", L, " layers");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(relu.size()) == L, "grouped_mlp: relu has ", relu.size(),
+                    " entries for ", L, " layers");
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "grouped_mlp: x must be floating point, got ",
+                   x.scalar_type());
+  const at::Tensor& w0 = weights[0];
+  TORCH_CHECK_VALUE(w0.dim() == 3, "grouped_mlp: weights[0] must be 3-D, got ", w0.sizes());
+  Dims d;
+  d.G = shared_input ? w0.size(1) : w0.size(0);
+  if (shared_input) {
+    TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == w0.size(0), "grouped_mlp: x must be [B, in] = [B, ",
+                      w0.size(0), "] (shared input, weights[0] [in, G, out]), got ", x.sizes());
+  } else {
+    TORCH_CHECK_VALUE(x.dim() == 3 && x.size(1) == d.G && x.size(2) == w0.size(1), "grouped_mlp: x must be [B, G, in] = [B, ",
+                      d.G, ", ", w0.size(1), "] (weights[0] [G, in, out]), got ", x.sizes());
+  }
+  d.B = x.size(0);
+  d.width = {x.size(-1)};
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor& w = weights[l];
+    TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), "grouped_mlp: weights[", l, "] dtype ", w.scalar_type(),
+                     " != x dtype ", x.scalar_type());
+    TORCH_CHECK(w.device() == x.device(), "grouped_mlp: weights[", l, "] on ", w.device(), " but x on ", x.device());
+    if (l > 0 || !shared_input) {
+      TORCH_CHECK_VALUE(w.dim() == 3 && w.size(0) == d.G && w.size(1) == d.width[l], "grouped_mlp: weights[", l,
+                        "] must be [G, in, out] = [", d.G, ", ", d.width[l], ", out], got ", w.sizes());
+    }
+    d.width.push_back(w.size(2));
+    const at::Tensor& b = biases[l];
+    TORCH_CHECK_VALUE(b.dim() == 2 && b.size(0) == d.G && b.size(1) == w.size(2), "grouped_mlp: biases[", l,
+                      "] must be [G, out] = [", d.G, ", ", w.size(2), "], got ", b.sizes());
+    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "grouped_mlp: biases[", l, "] dtype ", b.scalar_type(),
+                     " != x dtype ", x.scalar_type());
+    TORCH_CHECK(b.device() == x.device(), "grouped_mlp: biases[", l, "] on ", b.device(), " but x on ", x.device());
+  }
+  return d;
+}
+
+at::Tensor contiguous_weight(const at::Tensor& w) { return w.stride(-1) == 1 ? w : w.contiguous(); }
+
+}  // namespace
+
+void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu) {
+  if (dst.device().is_cpu()) return cpu::bias_relu_(dst, src, bias, relu);
+  at::Tensor out = dst;
+  at::add_out(out, src, bias.unsqueeze(1));
+  if (relu) out.relu_();
+}
+
+void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,
+                const at::Tensor& act, bool relu, const at::Tensor& bias_grad) {
+  if (src.device().is_cpu()) return cpu::relu_grad_(dst, src, extra, act, relu, bias_grad);
+  at::Tensor v = extra.has_value() ? at::add(src, *extra) : src;
+  if (relu) v = at::threshold_backward(v, act, 0);
+  if (dst.defined() && !dst.is_same(v)) const_cast<at::Tensor&>(dst).copy_(v);
+  at::sum_out(const_cast<at::Tensor&>(bias_grad), v, {1});
+}
+
+namespace {
+
+// Per-group products at or above this many multiply-adds run as one mm per group on strided
+// views; smaller ones run as one bmm over all groups into a [G, B, out] scratch (the per-call
+// cost of G separate products would dominate), which the epilogue then writes back in
+// [B, G, out] layout. Census-sized experts (1024 x 256 x 128) are per-group, serving-sized
+// small experts (128 x 64 x 32) batched.
+constexpr int64_t kPerGroupMacs = int64_t{1} << 22;
+
+bool batched_layer(const Dims& d, int64_t l) { return d.B * d.width[l] * d.width[l + 1] < kPerGroupMacs; }
+
+// [B, G, w] <-> [G, B, w] view
+at::Tensor swap_bg(const at::Tensor& t) { return t.transpose(0, 1); }
+
+// Layer l's activation as a [G, B, out] view (the last one is stored [B, G, out]).
+at::Tensor act_gm(const std::vector<at::Tensor>& acts, int64_t l) {
+  return l + 1 == static_cast<int64_t>(acts.size()) ? swap_bg(acts[l]) : acts[l];
+}
+
+// The input of layer l >= 0 as [G, B, in] (not for a shared-input first layer).
+at::Tensor input_gm(const at::Tensor& x, const std::vector<at::Tensor>& acts, int64_t l) {
+  return l == 0 ? swap_bg(x) : act_gm(acts, l - 1);
+}
+
+}  // namespace
+
+std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                                    const c10::List<bool>& relu, bool shared_input) {
+  const Dims d = check_args(x, weights, biases, relu, shared_input);
+  const int64_t L = static_cast<int64_t>(weights.size());
+  std::vector<at::Tensor> acts;
+  for (int64_t l = 0; l < L; ++l) {
+    acts.push_back(l + 1 < L ? at::empty({d.G, d.B, d.width[l + 1]}, x.options())
+                             : at::empty({d.B, d.G, d.width[l + 1]}, x.options()));
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor w = contiguous_weight(weights[l]);
+    const at::Tensor out = act_gm(acts, l);  // [G, B, out]
+    if (l == 0 && shared_input) {  // one product over all groups: [B, in] @ [in, G*out0]
+      const int64_t n = d.G * d.width[1];
+      at::Tensor prod = L == 1 ? acts[0].view({d.B, n}) : at::empty({d.B, n}, x.options());
+      at::mm_out(prod, x, w.reshape({d.width[0], n}));
+      bias_relu_(out, swap_bg(prod.view({d.B, d.G, d.width[1]})), biases[0], relu[0]);
+      continue;
+    }
+    const at::Tensor in = input_gm(x, acts, l);
+    if (batched_layer(d, l)) {
+      if (out.is_contiguous()) {
+        at::Tensor o = out;
+        at::bmm_out(o, in, w);
+        bias_relu_(out, out, biases[l], relu[l]);
+      } else {
+        bias_relu_(out, at::bmm(in, w), biases[l], relu[l]);
+      }
+    } else {
+      for (int64_t g = 0; g < d.G; ++g) {
+        at::Tensor o = out.select(0, g);
+        at::mm_out(o, in.select(0, g), w.select(0, g));
+        bias_relu_(out.narrow(0, g, 1), out.narrow(0, g, 1), biases[l].narrow(0, g, 1), relu[l]);
+      }
+    }
+  }
+  return acts;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped_mlp_backward(
+    const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+    at::TensorList activations, const c10::List<bool>& relu, bool shared_input, bool input_grad) {
+  const Dims d = check_args(x, weights, biases, relu, shared_input);
+  const int64_t L = static_cast<int64_t>(weights.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) == L && static_cast<int64_t>(activations.size()) == L,
+                    "grouped_mlp_backward: need one grad and one activation per layer, got ", grads.size(), " and ",
+                    activations.size(), " for ", L, " layers");
+  auto unit_stride = [](const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
+  std::vector<at::Tensor> acts;
+  std::vector<std::optional<at::Tensor>> g_out(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const std::vector<int64_t> shape =
+        l + 1 < L ? std::vector<int64_t>{d.G, d.B, d.width[l + 1]} : std::vector<int64_t>{d.B, d.G, d.width[l + 1]};
+    TORCH_CHECK_VALUE(activations[l].sizes() == at::IntArrayRef(shape), "grouped_mlp_backward: activations[", l,
+                      "] must be ", at::IntArrayRef(shape), ", got ", activations[l].sizes());
+    acts.push_back(unit_stride(activations[l]));
+    const std::optional<at::Tensor> gl = grads[l];
+    if (gl.has_value()) {
+      TORCH_CHECK_VALUE(gl->sizes() == at::IntArrayRef(shape), "grouped_mlp_backward: grads[", l, "] must be ",
+                        at::IntArrayRef(shape), ", got ", gl->sizes());
+      TORCH_CHECK_TYPE(gl->scalar_type() == x.scalar_type(), "grouped_mlp_backward: grads[", l, "] dtype ",
+                       gl->scalar_type(), " != x dtype ", x.scalar_type());
+      g_out[l] = unit_stride(*gl);
+    }
+  }
+  // g_out as [G, B, w] views
+  auto g_out_gm = [&](int64_t l) { return l + 1 == L ? swap_bg(*g_out[l]) : *g_out[l]; };
+  std::vector<at::Tensor> grad_w, grad_b;
+  for (int64_t l = 0; l < L; ++l) {
+    grad_w.push_back(at::empty(weights[l].sizes(), x.options()));
+    grad_b.push_back(at::empty({d.G, d.width[l + 1]}, x.options()));
+  }
+  at::Tensor grad_x = shared_input ? at::empty({input_grad ? d.B : 0, d.width[0]}, x.options())
+                                   : at::empty({input_grad ? d.B : 0, d.G, d.width[0]}, x.options());
+  // Gradient of a layer's pre-activation output, [G, B, w]; stored [B, G, w] (a swapped view)
+  // for a shared-input first layer, whose weight gradient is one [in, B] @ [B, G*w] product.
+  auto new_pre_grad = [&](int64_t l) {
+    return l == 0 && shared_input ? swap_bg(at::empty({d.B, d.G, d.width[1]}, x.options()))
+                                  : at::empty({d.G, d.B, d.width[l + 1]}, x.options());
+  };
+
+  // top layer: the incoming gradient, masked by its ReLU, plus its bias gradient, in one pass
+  at::Tensor gy = new_pre_grad(L - 1);
+  if (g_out[L - 1].has_value()) {
+    relu_grad_(gy, g_out_gm(L - 1), std::nullopt, act_gm(acts, L - 1), relu[L - 1], grad_b[L - 1]);
+  } else {
+    gy.zero_();
+    grad_b[L - 1].zero_();
+  }
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const at::Tensor w = contiguous_weight(weights[l]);
+    if (l == 0 && shared_input) {
+      const int64_t n = d.G * d.width[1];
+      const at::Tensor gy_flat = swap_bg(gy).reshape({d.B, n});  // a view: stored [B, G, w]
+      at::Tensor gw = grad_w[0].view({d.width[0], n});
+      at::mm_out(gw, x.t(), gy_flat);
+      if (input_grad) at::mm_out(grad_x, gy_flat, w.reshape({d.width[0], n}).t());
+      break;
+    }
+    const at::Tensor in = input_gm(x, acts, l);
+    // the input's gradient: the next gy (layer l - 1's pre-activation gradient, with its ReLU
+    // mask, its own output gradient and its bias gradient fused in), or grad_x
+    at::Tensor g_in;
+    if (l > 0) {
+      g_in = new_pre_grad(l - 1);
+    } else if (input_grad) {
+      g_in = swap_bg(grad_x);
+    }
+    auto finish = [&](int64_t g0, int64_t n, const at::Tensor& product) {  // product [n, B, in]
+      at::Tensor dst = g_in.narrow(0, g0, n);
+      if (l == 0) {
+        if (!product.is_same(dst)) dst.copy_(product);
+        return;
+      }
+      const std::optional<at::Tensor> extra =
+          g_out[l - 1].has_value() ? std::optional<at::Tensor>(g_out_gm(l - 1).narrow(0, g0, n)) : std::nullopt;
+      relu_grad_(dst, product, extra, act_gm(acts, l - 1).narrow(0, g0, n), relu[l - 1],
+                 grad_b[l - 1].narrow(0, g0, n));
+    };
+    if (batched_layer(d, l)) {
+      at::bmm_out(grad_w[l], in.transpose(1, 2), gy);
+      if (g_in.defined()) {
+        if (g_in.is_contiguous()) {
+          at::bmm_out(g_in, gy, w.transpose(1, 2));
+          finish(0, d.G, g_in);
+        } else {
+          finish(0, d.G, at::bmm(gy, w.transpose(1, 2)));
+        }
+      }
+    } else {
+      for (int64_t g = 0; g < d.G; ++g) {
+        at::Tensor gw = grad_w[l].select(0, g);
+        at::mm_out(gw, in.select(0, g).t(), gy.select(0, g));
+        if (g_in.defined()) {
+          at::Tensor dst = g_in.select(0, g);
+          at::mm_out(dst, gy.select(0, g), w.select(0, g).t());
+          if (l > 0) finish(g, 1, g_in.narrow(0, g, 1));
+        }
+      }
+    }
+    if (l == 0) break;
+    gy = g_in;
+  }
+  return {grad_x, grad_w, grad_b};
+}
+
+TORCH_LIBRARY_IMPL(mtlk, CPU, m) {
+  m.impl("grouped_mlp", &grouped_mlp);
+  m.impl("grouped_mlp_backward", &grouped_mlp_backward);
+}
+
+}  // namespace mtlk

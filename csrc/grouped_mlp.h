@@ -1,0 +1,50 @@
+// Grouped MLP: G parallel MLPs (the experts of an MoE level, the towers of the tasks) in
+// batch-major layout, every activation [B, G, width]. Per-group matrix products run on
+// strided views (no per-group copies); bias, ReLU, the ReLU mask of the backward and the
+// bias-gradient column sums are fused into one pass per group block while it is in cache.
+//
+//   x            [B, in]  (shared_input: every group reads the same rows) or [B, G, in]
+//   weights[0]   [in, G, out0] if shared_input (one [B, in] @ [in, G*out0] product), else [G, in, out0]
+//   weights[l]   [G, in_l, out_l] for l >= 1, in_l = out_{l-1}
+//   biases[l]    [G, out_l] (a layer without bias passes zeros)
+//   relu[l]      ReLU after layer l
+//   activations  every layer's post-ReLU output: [G, B, out_l] (group-major, what the next
+//                layer's products read) for l < L-1, and the MLP's output [B, G, out] last.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/List.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace mtlk {
+
+using OptionalTensorList = c10::List<std::optional<at::Tensor>>;
+
+std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                                    const c10::List<bool>& relu, bool shared_input);
+
+// grads[l] = gradient of activations[l] (None where that output was not used). Returns
+// (grad_x, or a [0, ...] tensor when !input_grad; grad weights; grad biases).
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped_mlp_backward(
+    const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+    at::TensorList activations, const c10::List<bool>& relu, bool shared_input, bool input_grad);
+
+// Fused epilogues over [G, R, C] blocks (unit column stride, any group/row strides; a
+// [B, G, w] activation is passed as its transpose(0, 1) view), bias [G, C]:
+// dst = relu?(src + bias) (dst may alias src).
+void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu);
+// v = src (+ extra); v = v * (act > 0) if relu; dst = v (dst may alias src; undefined dst =
+// no write); bias_grad [G, C] (contiguous) = sums of v over R.
+void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,
+                const at::Tensor& act, bool relu, const at::Tensor& bias_grad);
+
+namespace cpu {
+void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu);
+void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,
+                const at::Tensor& act, bool relu, const at::Tensor& bias_grad);
+}  // namespace cpu
+
+}  // namespace mtlk

@@ -1,0 +1,148 @@
+// Autograd of mtlk::grouped_mlp, in C++ (registered at the Autograd key, for every device):
+// a small-expert model step calls the op a few times per layer stack, and the Python
+// custom-op autograd machinery cost more than the kernels at serving and small batch sizes.
+//
+// The backward calls mtlk::grouped_mlp_backward through the dispatcher (so torch.compile
+// traces it through its fake kernel). Under the legacy vmap of
+// torch.autograd.grad(..., is_grads_batched=True) (per-task gradients in mtlkernels.balance)
+// the incoming gradients are batched tensors, which cannot be looped through an op with
+// tensor-list arguments; the same products are then written with matmul, which batches.
+#include <ATen/LegacyBatchedTensorImpl.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/gt.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "grouped_mlp.h"
+
+namespace mtlk {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::vector<at::Tensor> call_forward(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                                     const c10::List<bool>& relu, bool shared_input) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mtlk::grouped_mlp", "")
+                       .typed<std::vector<at::Tensor>(const at::Tensor&, at::TensorList, at::TensorList,
+                                                      const c10::List<bool>&, bool)>();
+  return op.call(x, weights, biases, relu, shared_input);
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> call_backward(
+    const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+    at::TensorList acts, const c10::List<bool>& relu, bool shared_input, bool input_grad) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mtlk::grouped_mlp_backward", "")
+                       .typed<std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
+                           const OptionalTensorList&, const at::Tensor&, at::TensorList, at::TensorList,
+                           at::TensorList, const c10::List<bool>&, bool, bool)>();
+  return op.call(grads, x, weights, biases, acts, relu, shared_input, input_grad);
+}
+
+// The backward with batchable ops only (matmul over [..., G, B, w] views); grads[l] may be
+// undefined. Fills grad_x (if input_grad), grad_w, grad_b.
+void batchable_backward(const variable_list& grads, const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                        const std::vector<at::Tensor>& acts, const c10::List<bool>& relu, bool shared_input,
+                        bool input_grad, at::Tensor& grad_x, std::vector<at::Tensor>& grad_w,
+                        std::vector<at::Tensor>& grad_b) {
+  const int64_t L = static_cast<int64_t>(weights.size());
+  // activations and their gradients as [..., G, B, w]; the last is stored [..., B, G, w]
+  auto group_major = [&](const at::Tensor& t, int64_t l) { return l == L - 1 ? t.transpose(-3, -2) : t; };
+  at::Tensor g_act = group_major(grads[L - 1].defined() ? grads[L - 1] : at::zeros_like(acts[L - 1]), L - 1);
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const at::Tensor act = group_major(acts[l], l);
+    const at::Tensor g_pre = relu[l] ? at::mul(g_act, at::gt(act, 0).to(g_act.scalar_type())) : g_act;
+    grad_b[l] = g_pre.sum(-2);
+    const at::Tensor& w = weights[l];
+    if (l == 0 && shared_input) {  // [B, in] @ [in, G*out]
+      const at::Tensor bg = g_pre.transpose(-3, -2);  // [..., B, G, out]
+      std::vector<int64_t> flat_shape(bg.sizes().begin(), bg.sizes().end() - 2);
+      flat_shape.push_back(-1);
+      const at::Tensor flat = bg.reshape(flat_shape);
+      std::vector<int64_t> w_shape(flat.sizes().begin(), flat.sizes().end() - 2);
+      w_shape.insert(w_shape.end(), w.sizes().begin(), w.sizes().end());
+      grad_w[l] = at::matmul(x.transpose(-2, -1), flat).reshape(w_shape);
+      if (input_grad) grad_x = at::matmul(flat, w.reshape({w.size(0), -1}).transpose(0, 1));
+      return;
+    }
+    const at::Tensor in = l == 0 ? x.transpose(-3, -2) : group_major(acts[l - 1], l - 1);
+    grad_w[l] = at::matmul(in.transpose(-2, -1), g_pre);
+    const at::Tensor g_in = at::matmul(g_pre, w.transpose(-2, -1));  // [..., G, B, in]
+    if (l == 0) {
+      if (input_grad) grad_x = g_in.transpose(-3, -2);
+      return;
+    }
+    g_act = grads[l - 1].defined() ? at::add(g_in, grads[l - 1]) : g_in;
+  }
+}
+
+class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights,
+                               at::TensorList biases, const c10::List<bool>& relu, bool shared_input) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::vector<at::Tensor> acts = call_forward(x, weights, biases, relu, shared_input);
+    std::vector<at::Tensor> saved{x};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    saved.insert(saved.end(), biases.begin(), biases.end());
+    saved.insert(saved.end(), acts.begin(), acts.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["shared_input"] = shared_input;
+    ctx->set_materialize_grads(false);  // intermediate activations usually get no gradient
+    return acts;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const c10::List<bool> relu = ctx->saved_data["relu"].toBoolList();
+    const bool shared_input = ctx->saved_data["shared_input"].toBool();
+    const int64_t L = static_cast<int64_t>(relu.size());
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const std::vector<at::Tensor> weights(saved.begin() + 1, saved.begin() + 1 + L);
+    const std::vector<at::Tensor> biases(saved.begin() + 1 + L, saved.begin() + 1 + 2 * L);
+    const std::vector<at::Tensor> acts(saved.begin() + 1 + 2 * L, saved.end());
+    // one entry per forward argument: x, each weight, each bias, relu, shared_input
+    variable_list out(1 + 2 * L + 2);
+    bool any = false, batched = false;
+    for (const auto& g : grads) {
+      any |= g.defined();
+      batched |= g.defined() && at::isBatchedTensor(g);
+    }
+    if (!any) return out;
+    const bool input_grad = ctx->needs_input_grad(0);
+    at::Tensor grad_x;
+    std::vector<at::Tensor> grad_w(L), grad_b(L);
+    if (batched) {
+      batchable_backward(grads, x, weights, acts, relu, shared_input, input_grad, grad_x, grad_w, grad_b);
+    } else {
+      OptionalTensorList g_opt;
+      for (const auto& g : grads) g_opt.push_back(g.defined() ? std::optional<at::Tensor>(g) : std::nullopt);
+      std::tie(grad_x, grad_w, grad_b) =
+          call_backward(g_opt, x, weights, biases, acts, relu, shared_input, input_grad);
+    }
+    if (input_grad) out[0] = grad_x;
+    for (int64_t l = 0; l < L; ++l) {
+      out[1 + l] = grad_w[l];
+      out[1 + L + l] = grad_b[l];
+    }
+    return out;
+  }
+};
+
+std::vector<at::Tensor> grouped_mlp_autograd(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                                             const c10::List<bool>& relu, bool shared_input) {
+  return GroupedMLPFunction::apply(x, weights, biases, relu, shared_input);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mtlk, Autograd, m) { m.impl("grouped_mlp", &grouped_mlp_autograd); }
+
+}  // namespace mtlk

@@ -1,0 +1,152 @@
+"""G parallel MLPs in batch-major layout (DESIGN.md op family 1, the expert side of a
+mixture): the experts of an MoE level, the towers of the tasks.
+
+``grouped_mlp(x, weights, biases, relu, shared_input=...) -> [B, G, out]``
+
+- ``x``: ``[B, in]`` read by every group (``shared_input=True``; ``weights[0]`` is then
+  ``[in, G, out0]`` and the first layer is ONE ``[B, in] @ [in, G*out0]`` product), or
+  ``[B, G, in]`` (``weights[0]`` ``[G, in, out0]``); any strides.
+- ``weights[l]`` for ``l >= 1``: ``[G, in_l, out_l]``; ``biases[l]``: ``[G, out_l]`` or None;
+  ``relu[l]``: ReLU after layer l.
+
+Every activation is ``[B, G, width]``, the layout ``gate_mix`` reads, so nothing is transposed
+or copied between the experts, the gates and the towers. The native kernel
+(``csrc/grouped_mlp.cpp``) runs per-group matrix products on strided views (ATen's BMM would
+copy strided operands), fuses bias and ReLU into one pass per group block, and in the backward
+fuses the ReLU mask with the bias-gradient column sums, walking each group's layers while its
+blocks are in cache. Backends: ``native`` (CPU, CUDA), ``reference`` (einsum + autograd).
+
+Under ``torch.autocast`` the input, weights and biases run in the autocast dtype, like
+``nn.Linear``. NaN/Inf propagate as they do through ``nn.Linear`` and ReLU.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from mtlkernels import _backend, _extension
+from mtlkernels.reference.grouped_mlp import grouped_mlp as reference_grouped_mlp
+
+
+def _check_args(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None], relu: Sequence[bool],
+                shared_input: bool) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"grouped_mlp: x must be a Tensor, got {type(x).__name__}")
+    if len(weights) == 0:
+        raise ValueError("grouped_mlp: weights must hold at least one layer")
+    if len(biases) != len(weights) or len(relu) != len(weights):
+        raise ValueError(f"grouped_mlp: biases ({len(biases)}) and relu ({len(relu)}) need one entry per layer "
+                         f"({len(weights)})")
+    if not x.is_floating_point():
+        raise TypeError(f"grouped_mlp: x must be floating point, got {x.dtype}")
+    w0 = weights[0]
+    if w0.dim() != 3:
+        raise ValueError(f"grouped_mlp: weights[0] must be 3-D, got {tuple(w0.shape)}")
+    if shared_input:
+        G, width = w0.shape[1], w0.shape[0]
+        if x.dim() != 2 or x.shape[1] != width:
+            raise ValueError(f"grouped_mlp: x must be [B, in] = [B, {width}] (shared input, weights[0] "
+                             f"[in, G, out]), got {tuple(x.shape)}")
+    else:
+        G, width = w0.shape[0], w0.shape[1]
+        if x.dim() != 3 or x.shape[1:] != (G, width):
+            raise ValueError(f"grouped_mlp: x must be [B, G, in] = [B, {G}, {width}] (weights[0] [G, in, out]), "
+                             f"got {tuple(x.shape)}")
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        if w.dtype != x.dtype or w.device != x.device:
+            raise ValueError(f"grouped_mlp: weights[{l}] is {w.dtype} on {w.device}, x is {x.dtype} on {x.device}")
+        if l > 0 and (w.dim() != 3 or w.shape[:2] != (G, width)):
+            raise ValueError(f"grouped_mlp: weights[{l}] must be [G, in, out] = [{G}, {width}, out], "
+                             f"got {tuple(w.shape)}")
+        width = w.shape[-1]
+        if b is not None:
+            if b.shape != (G, width):
+                raise ValueError(f"grouped_mlp: biases[{l}] must be [G, out] = [{G}, {width}], got {tuple(b.shape)}")
+            if b.dtype != x.dtype or b.device != x.device:
+                raise ValueError(f"grouped_mlp: biases[{l}] is {b.dtype} on {b.device}, x is {x.dtype} on {x.device}")
+
+
+if _extension.native_available():
+    @torch.library.register_fake("mtlk::grouped_mlp")
+    def _fake_forward(x, weights, biases, relu, shared_input):
+        B, L = x.shape[0], len(weights)
+        G = weights[0].shape[1] if shared_input else weights[0].shape[0]
+        return [x.new_empty((G, B, w.shape[2]) if l < L - 1 else (B, G, w.shape[2])) for l, w in enumerate(weights)]
+
+    @torch.library.register_fake("mtlk::grouped_mlp_backward")
+    def _fake_backward(grads, x, weights, biases, activations, relu, shared_input, input_grad):
+        grad_x = x.new_empty(x.shape if input_grad else (0, *x.shape[1:]))
+        return (grad_x, [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights],
+                [torch.empty_like(b, memory_format=torch.contiguous_format) for b in biases])
+
+    def _unbatched(value, dim, n):
+        """``value`` (a tensor, None, or a list of them) split into n slices along its vmap dim."""
+        if isinstance(value, (list, tuple)):
+            dims = dim if isinstance(dim, (list, tuple)) else [dim] * len(value)
+            per = [_unbatched(v, d, n) for v, d in zip(value, dims)]
+            return [[p[i] for p in per] for i in range(n)]
+        if value is None or dim is None:
+            return [value] * n
+        return list(value.movedim(dim, 0).unbind(0))
+
+    def _stack(results):
+        """n op results (a tensor, a list of tensors, or a tuple of those) stacked along a new
+        dim 0, with the matching out_dims."""
+        first = results[0]
+        if isinstance(first, tuple):
+            parts = [_stack([r[k] for r in results]) for k in range(len(first))]
+            return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
+        if isinstance(first, list):
+            return [torch.stack([r[k] for r in results]) for k in range(len(first))], [0] * len(first)
+        return torch.stack(results), 0
+
+    def _loop_vmap(op):
+        """vmap rule: one op call per batch entry (the batch is typically the T of per-task
+        gradients, a handful), outputs stacked along dim 0."""
+        def rule(info, in_dims, *args):
+            n = info.batch_size
+            per_arg = [_unbatched(a, d, n) for a, d in zip(args, in_dims)]
+            return _stack([op(*(p[i] for p in per_arg)) for i in range(n)])
+        return rule
+
+    torch.library.register_vmap("mtlk::grouped_mlp", _loop_vmap(torch.ops.mtlk.grouped_mlp.default))
+    torch.library.register_vmap("mtlk::grouped_mlp_backward", _loop_vmap(torch.ops.mtlk.grouped_mlp_backward.default))
+
+
+def _autocast(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]):
+    device_type = x.device.type
+    if not (torch.is_autocast_enabled(device_type) and x.is_floating_point()):
+        return x, list(weights), list(biases)
+    dtype = torch.get_autocast_dtype(device_type)
+    return (x.to(dtype), [w.to(dtype) for w in weights], [None if b is None else b.to(dtype) for b in biases])
+
+
+def _zero_bias(x: Tensor, w: Tensor, l: int, shared_input: bool) -> Tensor:
+    """The op always takes a bias; a layer without one gets constant zeros (no gradient kept)."""
+    if not isinstance(w, Tensor) or w.dim() != 3:
+        raise ValueError(f"grouped_mlp: weights[{l}] must be 3-D, got "
+                         f"{tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__}")
+    return x.new_zeros(w.shape[1] if l == 0 and shared_input else w.shape[0], w.shape[2])
+
+
+def grouped_mlp(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None], relu: Sequence[bool], *,
+                shared_input: bool, backend: str | None = None) -> Tensor:
+    """The output ``[B, G, out_last]`` of G parallel MLPs (layouts in the module docstring).
+
+    ``backend``: ``"native"``, ``"reference"`` or None (``MTLK_BACKEND``, else auto: the compiled
+    kernel when there is one for the device). There is no Triton version: the work is G matrix
+    products, which the vendor GEMMs already run at their rate.
+    """
+    if len(biases) != len(weights) or len(relu) != len(weights):
+        raise ValueError(f"grouped_mlp: biases ({len(biases)}) and relu ({len(relu)}) need one entry per layer "
+                         f"({len(weights)})")
+    x, weights, biases = _autocast(x, weights, biases)
+    relu = [bool(r) for r in relu]
+    biases = [b if b is not None else _zero_bias(x, w, l, shared_input) for l, (w, b) in enumerate(zip(weights, biases))]
+    which = _backend.resolve("grouped_mlp", backend, x.device, has_triton=False)
+    if which == "native":  # the kernel checks its arguments with the same messages
+        return torch.ops.mtlk.grouped_mlp(x, list(weights), list(biases), relu, shared_input)[-1]
+    _check_args(x, weights, biases, relu, shared_input)
+    return reference_grouped_mlp(x, weights, biases, relu, shared_input)[-1]

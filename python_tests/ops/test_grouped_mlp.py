@@ -1,0 +1,257 @@
+"""grouped_mlp: parity with the einsum reference (every activation and every gradient) over
+layouts, depths, dtypes, strides and both kernel paths; gradcheck, opcheck, compile, vmap,
+the batched per-task backward, autocast, edge cases and errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtlkernels import _extension
+from mtlkernels.ops import grouped_mlp
+from mtlkernels.reference.grouped_mlp import grouped_mlp as reference
+
+pytestmark = pytest.mark.skipif(not _extension.native_available(), reason=str(_extension.LOAD_ERROR))
+
+# (B, G, widths): the small cases run as one batched product per layer, the large ones
+# (B * in * out >= 2^22 per group) as one product per group on strided views.
+SMALL = (7, 3, [5, 4, 6, 2])
+LARGE = (260, 2, [130, 129, 125, 3])
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
+
+
+def make(B, G, widths, layers, shared, dtype=torch.float32, bias=True):
+    x = torch.randn(B, widths[0]) if shared else torch.randn(B, G, widths[0])
+    weights = [torch.randn(widths[0], G, widths[1]) if shared else torch.randn(G, widths[0], widths[1])]
+    weights += [torch.randn(G, widths[l], widths[l + 1]) for l in range(1, layers)]
+    scale = [w.shape[-2] ** -0.5 if not (l == 0 and shared) else w.shape[0] ** -0.5 for l, w in enumerate(weights)]
+    weights = [(w * s).to(dtype) for w, s in zip(weights, scale)]
+    biases = [torch.randn(G, widths[l + 1]).to(dtype) if bias else None for l in range(layers)]
+    return x.to(dtype), weights, biases
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
+
+
+def run_both(x, weights, biases, relu, shared):
+    """(native activations, reference activations) for the same leaves, plus the leaf lists."""
+    nat = leaves(x, *weights, *[b for b in biases])
+    ref = leaves(x, *weights, *[b for b in biases])
+    L = len(weights)
+    split = lambda t: (t[0], t[1:1 + L], t[1 + L:])  # noqa: E731
+    xn, wn, bn = split(nat)
+    xr, wr, br = split(ref)
+    zero = [b if b is not None else torch.zeros(w.shape[1] if l == 0 and shared else w.shape[0], w.shape[2],
+                                                dtype=x.dtype) for l, (w, b) in enumerate(zip(wn, bn))]
+    acts = torch.ops.mtlk.grouped_mlp(xn, list(wn), zero, relu, shared)
+    expected = reference(xr, list(wr), list(br), relu, shared)
+    return acts, expected, nat, ref
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-group"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_activations_and_gradients_match_reference(size, shared, layers, dtype):
+    B, G, widths = SMALL if size == "small" else LARGE
+    x, weights, biases = make(B, G, widths, layers, shared, dtype)
+    relu = [True] * (layers - 1) + [layers % 2 == 1]  # last layer with and without ReLU
+    acts, expected, nat, ref = run_both(x, weights, biases, relu, shared)
+    assert [a.shape for a in acts] == [e.shape for e in expected]
+    # a gradient on every activation, the intermediate ones included
+    grads = [torch.randn_like(e) for e in expected]
+    torch.autograd.backward(acts, grads)
+    torch.autograd.backward(expected, grads)
+    if dtype != torch.bfloat16:
+        for a, e in zip(acts, expected):
+            torch.testing.assert_close(a, e.detach(), **TOL[dtype])
+        for n, r in zip(nat, ref):
+            torch.testing.assert_close(n.grad, r.grad, **TOL[dtype])
+        return
+    # bfloat16: no worse than PyTorch's own bfloat16 ops, both measured against float64 math on
+    # the same (bfloat16-valued) inputs and output gradients
+    exact, _, leaves64, _ = run_both(x.double(), [w.double() for w in weights], [b.double() for b in biases],
+                                     relu, shared)
+    torch.autograd.backward(exact, [g.double() for g in grads])
+
+    def check(native, stock, truth):
+        err, err_stock = (native.double() - truth).abs().max(), (stock.double() - truth).abs().max()
+        assert err <= 2 * err_stock + 1e-2 * truth.abs().max(), (err.item(), err_stock.item())
+
+    for a, e, t in zip(acts, expected, exact):
+        check(a.detach(), e.detach(), t.detach())
+    for n, r, t in zip(nat, ref, leaves64):
+        check(n.grad, r.grad, t.grad)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-group"])
+def test_gradcheck(shared):
+    x, weights, biases = make(4, 3, [5, 4, 3], 2, shared, torch.float64)
+    args = leaves(x, *weights, *biases)
+
+    def f(x, w0, w1, b0, b1):
+        return grouped_mlp(x, [w0, w1], [b0, b1], [True, False], shared_input=shared)
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_only_used_outputs_need_gradients():
+    """The wrapper returns the last activation; unused intermediate outputs get no zero-filled
+    gradient and the result equals the reference."""
+    x, weights, biases = make(*SMALL, 3, True, torch.float64)
+    xs, *rest = leaves(x, *weights, *biases)
+    w, b = rest[:3], rest[3:]
+    grouped_mlp(xs, w, b, [True, True, False], shared_input=True).square().sum().backward()
+    xr, *rr = leaves(x, *weights, *biases)
+    reference(xr, rr[:3], rr[3:], [True, True, False], True)[-1].square().sum().backward()
+    for n, r in zip([xs, *rest], [xr, *rr]):
+        torch.testing.assert_close(n.grad, r.grad)
+
+
+def test_strided_inputs_and_weights():
+    B, G, widths = SMALL
+    base = torch.randn(B, 2 * G, widths[0] + 3, dtype=torch.float64)
+    x = base[:, ::2, 1:widths[0] + 1]  # non-contiguous [B, G, in]
+    w0 = torch.randn(G, widths[1], widths[0], dtype=torch.float64).transpose(1, 2)  # [G, in, out], transposed
+    w1 = torch.randn(G, widths[1], widths[2], dtype=torch.float64)
+    out = grouped_mlp(x, [w0, w1], [None, None], [True, False], shared_input=False)
+    torch.testing.assert_close(out, reference(x, [w0, w1], [None, None], [True, False], False)[-1])
+
+
+def test_layer_without_bias_gets_no_gradient_entry():
+    x, weights, _ = make(*SMALL, 2, True, torch.float64)
+    w = leaves(*weights)
+    b1 = torch.randn(SMALL[1], SMALL[2][2], dtype=torch.float64, requires_grad=True)
+    grouped_mlp(x, w, [None, b1], [True, True], shared_input=True).sum().backward()
+    wr = leaves(*weights)
+    b1r = b1.detach().clone().requires_grad_()
+    reference(x, wr, [None, b1r], [True, True], True)[-1].sum().backward()
+    torch.testing.assert_close(b1.grad, b1r.grad)
+    for a, r in zip(w, wr):
+        torch.testing.assert_close(a.grad, r.grad)
+
+
+def test_empty_batch():
+    x, weights, biases = make(0, 3, [5, 4, 6], 2, True)
+    w, b = leaves(*weights), leaves(*biases)
+    out = grouped_mlp(x, w, b, [True, True], shared_input=True)
+    assert out.shape == (0, 3, 6)
+    out.sum().backward()
+    assert all(torch.count_nonzero(t.grad) == 0 for t in w + b)
+
+
+def test_nan_propagates_like_linear_and_relu():
+    x, weights, biases = make(*SMALL, 2, True)
+    x[2, 0] = float("nan")
+    out = grouped_mlp(x, weights, biases, [True, False], shared_input=True)
+    expected = reference(x, weights, biases, [True, False], True)[-1]
+    assert torch.isnan(out[2]).all() and not torch.isnan(out[[0, 1, 3]]).any()
+    torch.testing.assert_close(out, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-group"])
+def test_opcheck(shared):
+    x, weights, biases = make(*SMALL, 2, shared)
+    args = leaves(x, *weights, *biases)
+    torch.library.opcheck(torch.ops.mtlk.grouped_mlp.default, (args[0], args[1:3], args[3:], [True, False], shared))
+    acts = torch.ops.mtlk.grouped_mlp(x, weights, biases, [True, False], shared)
+    grads = [None, torch.randn_like(acts[1])]
+    torch.library.opcheck(torch.ops.mtlk.grouped_mlp_backward.default,
+                          (grads, x, weights, biases, acts, [True, False], shared, True))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph(dynamic):
+    torch._dynamo.reset()
+    x, weights, biases = make(*SMALL, 2, True)
+    w, b = leaves(*weights), leaves(*biases)
+
+    def f(x):
+        return grouped_mlp(x, w, b, [True, False], shared_input=True).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=dynamic)
+    loss = compiled(x)
+    grads = torch.autograd.grad(loss, w + b)
+    expected = torch.autograd.grad(f(x), w + b)
+    torch.testing.assert_close(loss, f(x))
+    for a, e in zip(grads, expected):
+        torch.testing.assert_close(a, e)
+
+
+def test_vmap_over_inputs():
+    x, weights, biases = make(*SMALL, 2, False, torch.float64)
+    xs = torch.stack([x, x * 2, -x])
+    out = torch.func.vmap(lambda x: grouped_mlp(x, weights, biases, [True, False], shared_input=False))(xs)
+    for i in range(3):
+        torch.testing.assert_close(out[i], grouped_mlp(xs[i], weights, biases, [True, False], shared_input=False))
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_batched_per_task_backward(size):
+    """is_grads_batched (mtlkernels.balance's per-task gradients) equals one backward per task."""
+    B, G, widths = SMALL if size == "small" else LARGE
+    x, weights, biases = make(B, G, widths, 3, True, torch.float64)
+    w, b = leaves(*weights), leaves(*biases)
+    out = grouped_mlp(x, w, b, [True, True, False], shared_input=True)
+    T = 3
+    cotangents = torch.randn(T, *out.shape, dtype=torch.float64)
+    batched = torch.autograd.grad(out, w + b, cotangents, is_grads_batched=True, retain_graph=True)
+    for t in range(T):
+        single = torch.autograd.grad(out, w + b, cotangents[t], retain_graph=True)
+        for a, s in zip(batched, single):
+            torch.testing.assert_close(a[t], s)
+
+
+def test_autocast_runs_in_bfloat16():
+    x, weights, biases = make(*SMALL, 2, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = grouped_mlp(x, weights, biases, [True, False], shared_input=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), grouped_mlp(x, weights, biases, [True, False], shared_input=True),
+                               rtol=3e-2, atol=3e-2)
+
+
+def test_backends_agree():
+    x, weights, biases = make(*SMALL, 2, True, torch.float64)
+    native = grouped_mlp(x, weights, biases, [True, False], shared_input=True, backend="native")
+    ref = grouped_mlp(x, weights, biases, [True, False], shared_input=True, backend="reference")
+    torch.testing.assert_close(native, ref)
+    with pytest.raises(ValueError, match="triton"):
+        grouped_mlp(x, weights, biases, [True, False], shared_input=True, backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("case, error, match", [
+    ("x_rank", ValueError, r"x must be \[B, in\]"),
+    ("x_width", ValueError, r"x must be \[B, G, in\]"),
+    ("chain", ValueError, r"weights\[1\] must be \[G, in, out\]"),
+    ("dtype", (TypeError, ValueError), r"weights\[1\]"),
+    ("bias_shape", ValueError, r"biases\[0\] must be \[G, out\]"),
+    ("lengths", ValueError, r"one entry per layer"),
+    ("weight_rank", ValueError, r"weights\[0\] must be 3-D"),
+    ("int_input", TypeError, r"x must be floating point"),
+])
+def test_errors_name_the_argument(backend, case, error, match):
+    B, G, widths = SMALL
+    shared = case != "x_width"
+    x, weights, biases = make(B, G, widths, 2, shared)
+    relu = [True, False]
+    if case == "x_rank":
+        x = x[None]
+    elif case == "x_width":
+        x = x[:, :, :-1]
+    elif case == "chain":
+        weights[1] = weights[1][:, 1:]
+    elif case == "dtype":
+        weights[1] = weights[1].double()
+    elif case == "bias_shape":
+        biases[0] = biases[0][:, 1:]
+    elif case == "lengths":
+        relu = [True]
+    elif case == "weight_rank":
+        weights[0] = weights[0][:, 0]
+        biases[0] = None
+    elif case == "int_input":
+        x = x.long()
+    with pytest.raises(error, match=match):
+        grouped_mlp(x, weights, biases, relu, shared_input=shared, backend=backend)
