@@ -1,7 +1,7 @@
-// Grouped MLP: G parallel MLPs (the experts of an MoE level, the towers of the tasks) in
-// batch-major layout, every activation [B, G, width]. Per-group matrix products run on
-// strided views (no per-group copies); bias, ReLU, the ReLU mask of the backward and the
-// bias-gradient column sums are fused into one pass per group block while it is in cache.
+// Grouped MLP: G parallel MLPs (the experts of an MoE level, the towers of the tasks), read
+// from and written to batch-major [B, G, width] tensors, with group-major intermediates.
+// Bias and ReLU, and in the backward the ReLU mask and the bias-gradient column sums, are
+// fused into one pass over each activation.
 //
 //   x            [B, in]  (shared_input: every group reads the same rows) or [B, G, in]
 //   weights[0]   [in, G, out0] if shared_input (one [B, in] @ [in, G*out0] product), else [G, in, out0]

@@ -1,6 +1,6 @@
 // C++ tests of the grouped MLP reached through the dispatcher (CPU kernels and the autograd
-// kernel), against the same stack written with ATen matmul and autograd: both kernel paths
-// (one bmm for small groups, one mm per group for large ones), shared and per-group input.
+// kernel), against the same stack written with ATen matmul and autograd: small and large
+// groups (serial and parallel epilogues), shared and per-group input.
 // Run by ctest; exits non-zero on the first failure.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -80,8 +80,8 @@ void test_against_aten(int64_t B, int64_t G, std::vector<int64_t> widths, bool s
 int main() {
   at::manual_seed(0);
   for (bool shared : {true, false}) {
-    test_against_aten(9, 3, {5, 7, 4}, shared);            // one bmm per layer
-    test_against_aten(300, 2, {130, 129, 128, 3}, shared);  // one mm per group
+    test_against_aten(9, 3, {5, 7, 4}, shared);
+    test_against_aten(300, 2, {130, 129, 128, 3}, shared);
   }
   if (failures == 0) std::printf("test_grouped_mlp: all checks passed\n");
   return failures == 0 ? 0 : 1;

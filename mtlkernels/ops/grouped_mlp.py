@@ -9,12 +9,14 @@ mixture): the experts of an MoE level, the towers of the tasks.
 - ``weights[l]`` for ``l >= 1``: ``[G, in_l, out_l]``; ``biases[l]``: ``[G, out_l]`` or None;
   ``relu[l]``: ReLU after layer l.
 
-Every activation is ``[B, G, width]``, the layout ``gate_mix`` reads, so nothing is transposed
-or copied between the experts, the gates and the towers. The native kernel
-(``csrc/grouped_mlp.cpp``) runs per-group matrix products on strided views (ATen's BMM would
-copy strided operands), fuses bias and ReLU into one pass per group block, and in the backward
-fuses the ReLU mask with the bias-gradient column sums, walking each group's layers while its
-blocks are in cache. Backends: ``native`` (CPU, CUDA), ``reference`` (einsum + autograd).
+The output is ``[B, G, width]``, the layout ``gate_mix`` reads and writes, so nothing is
+transposed or copied between the experts, the gates and the towers. The native kernel
+(``csrc/grouped_mlp.cpp``) runs the first layer of shared-input groups as one product and
+every other layer as one bmm over group-major ``[G, B, w]`` intermediates (what the op's
+``torch.ops.mtlk.grouped_mlp`` form returns for all but the last layer), fuses bias and ReLU
+into one pass, and in the backward the ReLU mask with the bias-gradient column sums; its
+autograd is C++ (``csrc/grouped_mlp_autograd.cpp``). Backends: ``native`` (CPU, CUDA),
+``reference`` (einsum + autograd).
 
 Under ``torch.autocast`` the input, weights and biases run in the autocast dtype, like
 ``nn.Linear``. NaN/Inf propagate as they do through ``nn.Linear`` and ReLU.
