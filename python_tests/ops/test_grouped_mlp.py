@@ -254,3 +254,11 @@ def test_errors_name_the_argument(backend, case, error, match):
         x = x.long()
     with pytest.raises(error, match=match):
         grouped_mlp(x, weights, biases, relu, shared_input=shared, backend=backend)
+
+
+def test_functorch_grad_is_refused_clearly():
+    """Documented limit: the C++ autograd kernel does not support torch.func transforms of the
+    backward (torch.autograd, compile and is_grads_batched are the supported routes)."""
+    x, weights, biases = make(*SMALL, 1, True, torch.float64)
+    with pytest.raises(RuntimeError, match="functorch"):
+        torch.func.grad(lambda w: grouped_mlp(x, [w], biases, [True], shared_input=True).sum())(weights[0])
