@@ -1,6 +1,7 @@
 """Timing helpers shared by the bench scripts: interleaved medians and bandwidth probes."""
 from __future__ import annotations
 
+import argparse
 import gc
 import os
 import statistics
@@ -24,6 +25,26 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int = 25, wa
             fn()
             samples[name].append(time.perf_counter() - t0)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def matmul_rate(dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a 2048x2048 matrix product in ``dtype``: the rate the GEMM floors divide by."""
+    a = torch.randn(2048, 2048).to(dtype)
+    b = torch.randn(2048, 2048).to(dtype)
+    t = interleaved_medians({"mm": lambda: a @ b}, reps=7)["mm"]
+    return 2 * 2048 ** 3 / t
+
+
+def table_main(doc: str, run: Callable[[int, int, str], None], reps: int = 15) -> None:
+    """Command line of the model/expert tables: ``--reps``, ``--threads`` (default 1, the bars'
+    setting), ``--system-malloc``; then ``run(reps, threads, allocator label)``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--system-malloc", action="store_true")
+    args = parser.parse_args()
+    allocator = ensure_steady_malloc(args.system_malloc)
+    run(args.reps, args.threads, allocator)
 
 
 def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7) -> float:

@@ -15,7 +15,6 @@ input batch gets no gradient) over the rate of a 2048x2048 product measured in t
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import ensure_steady_malloc, interleaved_medians  # noqa: E402
+from _timing import interleaved_medians, matmul_rate, table_main  # noqa: E402
 
 from mtlkernels.nn import GroupedMLP  # noqa: E402
 
@@ -65,11 +64,6 @@ class StockBatched(nn.Module):
         return h.transpose(0, 1)
 
 
-def matmul_rate() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    return 2 * 2048 ** 3 / interleaved_medians({"mm": lambda: a @ b}, reps=7)["mm"]
-
-
 def run(reps: int, threads: int, allocator: str) -> None:
     torch.set_num_threads(threads)
     rate = matmul_rate()
@@ -105,15 +99,5 @@ def run(reps: int, threads: int, allocator: str) -> None:
             p.grad = None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--system-malloc", action="store_true")
-    args = parser.parse_args()
-    allocator = ensure_steady_malloc(args.system_malloc)
-    run(args.reps, args.threads, allocator)
-
-
 if __name__ == "__main__":
-    main()
+    table_main(__doc__, run)

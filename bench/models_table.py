@@ -10,14 +10,13 @@ the same run (fp32, or bf16 for the autocast rows).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import ensure_steady_malloc, interleaved_medians  # noqa: E402
+from _timing import interleaved_medians, matmul_rate, table_main  # noqa: E402
 
 from mtlkernels.nn.swap import mmoe_from, ple_from  # noqa: E402
 from mtlkernels.reference.expert_loop import LoopMMoE, LoopPLE  # noqa: E402
@@ -29,13 +28,6 @@ CONFIGS = {
     "many-small": dict(batch=512, input_dim=256, tasks=6, experts=16, expert_hidden=(64, 32), tower_hidden=(16,),
                        ple=(2, 4)),
 }
-
-
-def matmul_rate(dtype: torch.dtype) -> float:
-    a = torch.randn(2048, 2048).to(dtype)
-    b = torch.randn(2048, 2048).to(dtype)
-    t = interleaved_medians({"mm": lambda: a @ b}, reps=7)["mm"]
-    return 2 * 2048 ** 3 / t
 
 
 def linear_flops(model: torch.nn.Module, batch: int, input_dim: int) -> float:
@@ -104,15 +96,5 @@ def run(reps: int, threads: int, allocator: str) -> None:
                 p.grad = None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--system-malloc", action="store_true")
-    args = parser.parse_args()
-    allocator = ensure_steady_malloc(args.system_malloc)
-    run(args.reps, args.threads, allocator)
-
-
 if __name__ == "__main__":
-    main()
+    table_main(__doc__, run)

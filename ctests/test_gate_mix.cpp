@@ -12,18 +12,9 @@
 #include <vector>
 
 #include "mtlk/gate_mix.h"
+#include "expect.h"
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond, ...)                                          \
-  do {                                                             \
-    if (!(cond)) {                                                 \
-      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);  \
-      ++failures;                                                  \
-    }                                                              \
-  } while (0)
 
 bool close(const at::Tensor& a, const at::Tensor& b, double tol) {
   return at::allclose(a.to(at::kDouble), b.to(at::kDouble), tol, tol);
@@ -129,6 +120,5 @@ void test_cpu_kernels() {
 int main() {
   test_row_math();
   test_cpu_kernels();
-  if (failures == 0) std::printf("test_gate_mix: all checks passed\n");
-  return failures == 0 ? 0 : 1;
+  return mtlk_test::finish("test_gate_mix");
 }

@@ -1,7 +1,7 @@
 // C++ tests of the grouped MLP reached through the dispatcher (CPU kernels and the autograd
 // kernel), against the same stack written with ATen matmul and autograd: small and large
 // groups (serial and parallel epilogues), shared and per-group input.
-// Run by ctest; exits non-zero on the first failure.
+// Run by ctest; exits non-zero if any check fails.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
@@ -9,18 +9,9 @@
 #include <vector>
 
 #include "grouped_mlp.h"
+#include "expect.h"
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond)                                               \
-  do {                                                             \
-    if (!(cond)) {                                                 \
-      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);  \
-      ++failures;                                                  \
-    }                                                              \
-  } while (0)
 
 bool close(const at::Tensor& a, const at::Tensor& b) { return at::allclose(a, b, 1e-9, 1e-9); }
 
@@ -83,6 +74,5 @@ int main() {
     test_against_aten(9, 3, {5, 7, 4}, shared);
     test_against_aten(300, 2, {130, 129, 128, 3}, shared);
   }
-  if (failures == 0) std::printf("test_grouped_mlp: all checks passed\n");
-  return failures == 0 ? 0 : 1;
+  return mtlk_test::finish("test_grouped_mlp");
 }

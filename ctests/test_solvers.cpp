@@ -12,18 +12,9 @@
 #include <vector>
 
 #include "mtlk/solvers.h"
+#include "expect.h"
 
 namespace {
-
-int failures = 0;
-
-#define EXPECT(cond)                                               \
-  do {                                                             \
-    if (!(cond)) {                                                 \
-      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);  \
-      ++failures;                                                  \
-    }                                                              \
-  } while (0)
 
 bool near(double a, double b, double tol = 1e-12) { return std::abs(a - b) <= tol * (1.0 + std::abs(b)); }
 
@@ -258,6 +249,5 @@ int main() {
   test_gradvac();
   test_peltr();
   test_cpu_kernels();
-  if (failures == 0) std::printf("test_solvers: all checks passed\n");
-  return failures == 0 ? 0 : 1;
+  return mtlk_test::finish("test_solvers");
 }

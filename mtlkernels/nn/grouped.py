@@ -4,8 +4,9 @@ towers of the tasks. Never a Python loop over the groups.
 Layout: batch-major, every activation ``[B, G, width]`` (what ``gate_mix`` reads and writes).
 A layer whose input is shared by all groups (``[B, in]``) stores its weight as ``[in, G, out]``
 and runs as ONE matrix product ``[B, in] @ [in, G*out]``; a layer whose input differs per group
-(``[B, G, in]``) stores ``[G, in, out]``. Both run through the fused ``grouped_mlp`` op (bias,
-ReLU and their backward fused per group block), a whole Linear/ReLU stack in one call.
+(``[B, G, in]``) stores ``[G, in, out]``. Both run through the fused ``grouped_mlp`` op (bias and
+ReLU, and in the backward the ReLU mask and the bias gradient, fused into one pass each), a whole
+Linear/ReLU stack in one call.
 """
 from __future__ import annotations
 
