@@ -11,8 +11,6 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/relu.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/threshold_backward.h>
 #include <c10/util/Exception.h>
@@ -69,7 +67,8 @@ Dims check_args(const at::Tensor& x, at::TensorList weights, at::TensorList bias
   return d;
 }
 
-at::Tensor contiguous_weight(const at::Tensor& w) { return w.stride(-1) == 1 ? w : w.contiguous(); }
+// t itself when its rows are contiguous (what the products and epilogues need), else a copy.
+at::Tensor unit_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 }  // namespace
 
@@ -116,7 +115,7 @@ std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights,
                              : at::empty({d.B, d.G, d.width[l + 1]}, x.options()));
   }
   for (int64_t l = 0; l < L; ++l) {
-    const at::Tensor w = contiguous_weight(weights[l]);
+    const at::Tensor w = unit_stride(weights[l]);
     const at::Tensor out = act_gm(acts, l);  // [G, B, out]
     if (l == 0 && shared_input) {  // one product over all groups: [B, in] @ [in, G*out0]
       const int64_t n = d.G * d.width[1];
@@ -145,7 +144,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
   TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) == L && static_cast<int64_t>(activations.size()) == L,
                     "grouped_mlp_backward: need one grad and one activation per layer, got ", grads.size(), " and ",
                     activations.size(), " for ", L, " layers");
-  auto unit_stride = [](const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
   std::vector<at::Tensor> acts;
   std::vector<std::optional<at::Tensor>> g_out(L);
   for (int64_t l = 0; l < L; ++l) {
@@ -188,7 +186,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     grad_b[L - 1].zero_();
   }
   for (int64_t l = L - 1; l >= 0; --l) {
-    const at::Tensor w = contiguous_weight(weights[l]);
+    const at::Tensor w = unit_stride(weights[l]);
     if (l == 0 && shared_input) {
       const int64_t n = d.G * d.width[1];
       const at::Tensor gy_flat = swap_bg(gy).reshape({d.B, n});  // a view: stored [B, G, w]

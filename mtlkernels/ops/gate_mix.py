@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from mtlkernels import _backend, _extension
+from mtlkernels.ops._autocast import autocast_inputs
 from mtlkernels.ops import _gate_mix_rules
 from mtlkernels.reference import gate_mix as reference_gate_mix
 
@@ -83,17 +84,6 @@ if _extension.native_available():
     _gate_mix_rules.register("mtlk::gate_mix", "mtlk::gate_mix_backward")
 
 
-def _autocast(experts, logits):
-    """Under ``torch.autocast`` both inputs run in the autocast dtype (accumulation stays fp32)."""
-    if not (isinstance(experts, Tensor) and isinstance(logits, Tensor)):
-        return experts, logits
-    device_type = experts.device.type
-    if (torch.is_autocast_enabled(device_type) and experts.is_floating_point() and logits.is_floating_point()):
-        dtype = torch.get_autocast_dtype(device_type)
-        return experts.to(dtype), logits.to(dtype)
-    return experts, logits
-
-
 def _triton_op():
     from mtlkernels.triton import gate_mix as triton_gate_mix  # imports triton: only when asked for
 
@@ -124,7 +114,7 @@ def gate_mix(experts: Tensor, logits: Tensor, *, expert_mask: Tensor | None = No
     raise ValueError: checked inside the CPU kernel, and by a pass over the logits on the
     other backends (skipped for the reference backend under ``torch.compile``).
     """
-    experts, logits = _autocast(experts, logits)
+    experts, logits = autocast_inputs([experts, logits])
     _check_args(experts, logits, expert_mask)
     which = _backend.resolve("gate_mix", backend, experts.device)
     compiling = torch.compiler.is_compiling()

@@ -29,18 +29,12 @@ import torch
 from torch import Tensor
 
 from mtlkernels import _backend, _extension
+from mtlkernels.ops._autocast import autocast_inputs
 from mtlkernels.reference.grouped_mlp import grouped_mlp as reference_grouped_mlp
 
 
-def _check_args(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None], relu: Sequence[bool],
-                shared_input: bool) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"grouped_mlp: x must be a Tensor, got {type(x).__name__}")
-    if len(weights) == 0:
-        raise ValueError("grouped_mlp: weights must hold at least one layer")
-    if len(biases) != len(weights) or len(relu) != len(weights):
-        raise ValueError(f"grouped_mlp: biases ({len(biases)}) and relu ({len(relu)}) need one entry per layer "
-                         f"({len(weights)})")
+def _check_args(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], shared_input: bool) -> None:
+    """The native kernel's argument checks, for the reference backend (same messages)."""
     if not x.is_floating_point():
         raise TypeError(f"grouped_mlp: x must be floating point, got {x.dtype}")
     w0 = weights[0]
@@ -63,11 +57,10 @@ def _check_args(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | 
             raise ValueError(f"grouped_mlp: weights[{l}] must be [G, in, out] = [{G}, {width}, out], "
                              f"got {tuple(w.shape)}")
         width = w.shape[-1]
-        if b is not None:
-            if b.shape != (G, width):
-                raise ValueError(f"grouped_mlp: biases[{l}] must be [G, out] = [{G}, {width}], got {tuple(b.shape)}")
-            if b.dtype != x.dtype or b.device != x.device:
-                raise ValueError(f"grouped_mlp: biases[{l}] is {b.dtype} on {b.device}, x is {x.dtype} on {x.device}")
+        if b.shape != (G, width):
+            raise ValueError(f"grouped_mlp: biases[{l}] must be [G, out] = [{G}, {width}], got {tuple(b.shape)}")
+        if b.dtype != x.dtype or b.device != x.device:
+            raise ValueError(f"grouped_mlp: biases[{l}] is {b.dtype} on {b.device}, x is {x.dtype} on {x.device}")
 
 
 if _extension.native_available():
@@ -94,19 +87,12 @@ if _extension.native_available():
         return list(value.movedim(dim, 0).unbind(0))
 
     def _stack(results):
-        """n op results (a tensor, a list of tensors, or a tuple of those) stacked along a new
-        dim 0, with the matching out_dims."""
+        """n forward results (lists of activations) stacked along a new dim 0, with out_dims."""
         first = results[0]
-        if isinstance(first, tuple):
-            parts = [_stack([r[k] for r in results]) for k in range(len(first))]
-            return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
-        if isinstance(first, list):
-            return [torch.stack([r[k] for r in results]) for k in range(len(first))], [0] * len(first)
-        return torch.stack(results), 0
+        return [torch.stack([r[k] for r in results]) for k in range(len(first))], [0] * len(first)
 
     def _loop_vmap(op):
-        """vmap rule: one op call per batch entry (the batch is typically the T of per-task
-        gradients, a handful), outputs stacked along dim 0."""
+        """vmap rule: one op call per batch entry, outputs stacked along dim 0."""
         def rule(info, in_dims, *args):
             n = info.batch_size
             per_arg = [_unbatched(a, d, n) for a, d in zip(args, in_dims)]
@@ -114,15 +100,6 @@ if _extension.native_available():
         return rule
 
     torch.library.register_vmap("mtlk::grouped_mlp", _loop_vmap(torch.ops.mtlk.grouped_mlp.default))
-    torch.library.register_vmap("mtlk::grouped_mlp_backward", _loop_vmap(torch.ops.mtlk.grouped_mlp_backward.default))
-
-
-def _autocast(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | None]):
-    device_type = x.device.type
-    if not (torch.is_autocast_enabled(device_type) and x.is_floating_point()):
-        return x, list(weights), list(biases)
-    dtype = torch.get_autocast_dtype(device_type)
-    return (x.to(dtype), [w.to(dtype) for w in weights], [None if b is None else b.to(dtype) for b in biases])
 
 
 def _zero_bias(x: Tensor, w: Tensor, l: int, shared_input: bool) -> Tensor:
@@ -141,14 +118,18 @@ def grouped_mlp(x: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor | 
     kernel when there is one for the device). There is no Triton version: the work is G matrix
     products, which the vendor GEMMs already run at their rate.
     """
-    if len(biases) != len(weights) or len(relu) != len(weights):
-        raise ValueError(f"grouped_mlp: biases ({len(biases)}) and relu ({len(relu)}) need one entry per layer "
-                         f"({len(weights)})")
-    x, weights, biases = _autocast(x, weights, biases)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"grouped_mlp: x must be a Tensor, got {type(x).__name__}")
+    if len(weights) == 0 or len(biases) != len(weights) or len(relu) != len(weights):
+        raise ValueError(f"grouped_mlp: weights ({len(weights)}), biases ({len(biases)}) and relu ({len(relu)}) "
+                         "need one entry per layer, at least one layer")
+    L = len(weights)
+    cast = autocast_inputs([x, *weights, *biases])
+    x, weights, biases = cast[0], cast[1:1 + L], cast[1 + L:]
     relu = [bool(r) for r in relu]
     biases = [b if b is not None else _zero_bias(x, w, l, shared_input) for l, (w, b) in enumerate(zip(weights, biases))]
     which = _backend.resolve("grouped_mlp", backend, x.device, has_triton=False)
     if which == "native":  # the kernel checks its arguments with the same messages
         return torch.ops.mtlk.grouped_mlp(x, list(weights), list(biases), relu, shared_input)[-1]
-    _check_args(x, weights, biases, relu, shared_input)
+    _check_args(x, weights, biases, shared_input)
     return reference_grouped_mlp(x, weights, biases, relu, shared_input)[-1]
