@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "grouped_mlp.h"
+
 #ifndef MTLK_VERSION
 #define MTLK_VERSION "unknown"
 #endif
@@ -59,6 +61,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.def("cpu_supports_compiled_isa", &cpu_supports_compiled_isa,
         "True when this CPU has the instruction set the kernels were compiled for");
+  m.def("cpu_float_products", &mtlk::cpu::float_products_library,
+        "The library grouped_mlp runs float32 CPU products on: onednn or mkl (csrc/cpu/matmul.cpp)");
   m.def("parallel_info", &at::get_parallel_info, "ATen's thread and OpenMP configuration");
   m.def("num_threads", &at::get_num_threads, "intra-op threads at::parallel_for will use");
 }

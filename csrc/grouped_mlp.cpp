@@ -1,10 +1,11 @@
-// Grouped MLP driver, device-generic: the matrix products are ATen mm/bmm calls (MKL/oneDNN
-// on CPU, cuBLAS on CUDA) and the epilogues are one fused pass each (csrc/cpu/ on CPU, ATen
-// elementwise ops elsewhere). A shared-input first layer is one [B, in] @ [in, G*out] product;
-// every other layer one bmm over the group-major [G, B, in] activations, which the forward
-// keeps in that layout so no product ever reads a strided operand; only the output is written
-// back batch-major [B, G, out], by its epilogue. Measured on CPU, a bmm over contiguous groups
-// is as fast as one mm per group at Census-sized experts and faster for small ones.
+// Grouped MLP driver, device-generic: the matrix products go through matmul_out (oneDNN or
+// MKL on CPU, see csrc/cpu/matmul.cpp; cuBLAS through ATen on CUDA) and the epilogues are one
+// fused pass each (csrc/cpu/ on CPU, ATen elementwise ops elsewhere). A shared-input first
+// layer is one [B, in] @ [in, G*out] product; every other layer one batched product over the
+// group-major [G, B, in] activations, which the forward keeps in that layout so no product
+// ever reads a strided operand; only the output is written back batch-major [B, G, out], by
+// its epilogue. Measured on CPU, a batched product over contiguous groups is as fast as one
+// product per group at Census-sized experts and faster for small ones.
 #include "grouped_mlp.h"
 
 #include <ATen/ops/add.h>
@@ -72,6 +73,16 @@ at::Tensor unit_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.c
 
 }  // namespace
 
+void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (out.device().is_cpu()) return cpu::matmul_out(out, a, b);
+  at::Tensor o = out;
+  if (a.dim() == 2) {
+    at::mm_out(o, a, b);
+  } else {
+    at::bmm_out(o, a, b);
+  }
+}
+
 void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu) {
   if (dst.device().is_cpu()) return cpu::bias_relu_(dst, src, bias, relu);
   at::Tensor out = dst;
@@ -92,6 +103,15 @@ namespace {
 
 // [B, G, w] <-> [G, B, w] view
 at::Tensor swap_bg(const at::Tensor& t) { return t.transpose(0, 1); }
+
+// a @ b into a new contiguous tensor.
+at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
+  std::vector<int64_t> shape(a.sizes().begin(), a.sizes().end());
+  shape.back() = b.size(-1);
+  at::Tensor out = at::empty(shape, a.options());
+  matmul_out(out, a, b);
+  return out;
+}
 
 // Layer l's activation as a [G, B, out] view (the last one is stored [B, G, out]).
 at::Tensor act_gm(const std::vector<at::Tensor>& acts, int64_t l) {
@@ -120,17 +140,16 @@ std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights,
     if (l == 0 && shared_input) {  // one product over all groups: [B, in] @ [in, G*out0]
       const int64_t n = d.G * d.width[1];
       at::Tensor prod = L == 1 ? acts[0].view({d.B, n}) : at::empty({d.B, n}, x.options());
-      at::mm_out(prod, x, w.reshape({d.width[0], n}));
+      matmul_out(prod, x, w.reshape({d.width[0], n}));
       bias_relu_(out, swap_bg(prod.view({d.B, d.G, d.width[1]})), biases[0], relu[0]);
       continue;
     }
     const at::Tensor in = input_gm(x, acts, l);
     if (out.is_contiguous()) {  // an intermediate [G, B, out] activation
-      at::Tensor o = out;
-      at::bmm_out(o, in, w);
+      matmul_out(out, in, w);
       bias_relu_(out, out, biases[l], relu[l]);
     } else {  // the [B, G, out] output: the epilogue writes the product back batch-major
-      bias_relu_(out, at::bmm(in, w), biases[l], relu[l]);
+      bias_relu_(out, product(in, w), biases[l], relu[l]);
     }
   }
   return acts;
@@ -191,8 +210,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
       const int64_t n = d.G * d.width[1];
       const at::Tensor gy_flat = swap_bg(gy).reshape({d.B, n});  // a view: stored [B, G, w]
       at::Tensor gw = grad_w[0].view({d.width[0], n});
-      at::mm_out(gw, x.t(), gy_flat);
-      if (input_grad) at::mm_out(grad_x, gy_flat, w.reshape({d.width[0], n}).t());
+      matmul_out(gw, x.t(), gy_flat);
+      if (input_grad) matmul_out(grad_x, gy_flat, w.reshape({d.width[0], n}).t());
       break;
     }
     const at::Tensor in = input_gm(x, acts, l);
@@ -204,15 +223,20 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     } else if (input_grad) {
       g_in = swap_bg(grad_x);
     }
-    at::bmm_out(grad_w[l], in.transpose(1, 2), gy);
+    matmul_out(grad_w[l], in.transpose(1, 2), gy);
     if (l > 0) {  // g_in is [G, B, in] contiguous unless it feeds a shared-input first layer
-      const at::Tensor product = g_in.is_contiguous() ? at::bmm_out(g_in, gy, w.transpose(1, 2))
-                                                      : at::bmm(gy, w.transpose(1, 2));
+      at::Tensor g_pre;
+      if (g_in.is_contiguous()) {
+        matmul_out(g_in, gy, w.transpose(1, 2));
+        g_pre = g_in;
+      } else {
+        g_pre = product(gy, w.transpose(1, 2));
+      }
       const std::optional<at::Tensor> extra =
           g_out[l - 1].has_value() ? std::optional<at::Tensor>(g_out_gm(l - 1)) : std::nullopt;
-      relu_grad_(g_in, product, extra, act_gm(acts, l - 1), relu[l - 1], grad_b[l - 1]);
+      relu_grad_(g_in, g_pre, extra, act_gm(acts, l - 1), relu[l - 1], grad_b[l - 1]);
     } else if (input_grad) {
-      g_in.copy_(at::bmm(gy, w.transpose(1, 2)));
+      g_in.copy_(product(gy, w.transpose(1, 2)));
     }
     if (l == 0) break;
     gy = g_in;

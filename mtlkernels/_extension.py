@@ -59,8 +59,10 @@ def build_info() -> dict:
     Keys: ``version``; ``native`` (compiled kernels usable); ``load_error`` (why not, or None);
     ``backends`` (the compiled dispatch keys, e.g. ``["cpu"]`` or ``["cpu", "cuda"]``);
     ``cpu_isa`` (instruction set of the CPU kernels: avx512, avx2 or default); ``compiler``;
-    ``openmp`` (built with OpenMP); ``num_threads`` (intra-op threads); ``triton`` (importable);
-    ``torch`` (the running torch version).
+    ``openmp`` (built with OpenMP); ``num_threads`` (intra-op threads); ``cpu_float_products``
+    (the library ``grouped_mlp`` runs float32 CPU products on: ``"onednn"`` on non-Intel CPUs,
+    where it is faster than MKL, else ``"mkl"``; ``torch.backends.mkldnn.enabled = False``
+    selects MKL); ``triton`` (importable); ``torch`` (the running torch version).
     """
     info = {
         "version": _package_version(),
@@ -71,6 +73,7 @@ def build_info() -> dict:
         "compiler": None,
         "openmp": None,
         "num_threads": torch.get_num_threads(),
+        "cpu_float_products": None,
         "triton": triton_installed(),
         "torch": torch.__version__,
     }
@@ -81,5 +84,6 @@ def build_info() -> dict:
             compiler=_C.compiler,
             openmp=_C.with_openmp,
             num_threads=_C.num_threads(),
+            cpu_float_products=_C.cpu_float_products(),
         )
     return info

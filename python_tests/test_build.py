@@ -14,7 +14,7 @@ from mtlkernels import _extension
 def test_build_info_reports_the_build():
     info = mtlkernels.build_info()
     assert set(info) >= {"version", "native", "load_error", "backends", "cpu_isa", "compiler", "openmp",
-                         "num_threads", "triton", "torch"}
+                         "num_threads", "cpu_float_products", "triton", "torch"}
     assert info["version"] == mtlkernels.__version__
     if info["native"]:
         assert info["load_error"] is None

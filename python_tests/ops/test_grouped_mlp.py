@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mtlkernels
 from mtlkernels import _extension
 from mtlkernels.ops import grouped_mlp
 from mtlkernels.reference.grouped_mlp import grouped_mlp as reference
@@ -115,6 +116,39 @@ def test_strided_inputs_and_weights():
     w1 = torch.randn(G, widths[1], widths[2], dtype=torch.float64)
     out = grouped_mlp(x, [w0, w1], [None, None], [True, False], shared_input=False)
     torch.testing.assert_close(out, reference(x, [w0, w1], [None, None], [True, False], False)[-1])
+
+
+def cpu_vendor() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":")[1].strip() for line in f if line.startswith("vendor_id")), "unknown")
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-group"])
+def test_cpu_product_libraries_agree(shared):
+    """float32 CPU products run on oneDNN on non-Intel CPUs (faster than MKL there, see
+    csrc/cpu/matmul.cpp) and on MKL on Intel or with torch.backends.mkldnn disabled; both match
+    the reference, with strided inputs and weights and gradients on every input."""
+    B, G, widths = LARGE
+    x, weights, biases = make(B, G, widths, 3, shared)
+    if not shared:
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)  # [B, G, in] stored group-major
+    weights[1] = weights[1].transpose(1, 2).contiguous().transpose(1, 2)
+    relu = [True, True, False]
+    onednn = (mtlkernels.build_info()["cpu_isa"] == "avx512" and torch.backends.mkldnn.is_available()
+              and cpu_vendor() != "GenuineIntel")
+    assert mtlkernels.build_info()["cpu_float_products"] == ("onednn" if onednn else "mkl")
+    for enabled in (True, False):
+        with torch.backends.mkldnn.flags(enabled=enabled):
+            if not enabled:
+                assert mtlkernels.build_info()["cpu_float_products"] == "mkl"
+            acts, expected, nat, ref = run_both(x, weights, biases, relu, shared)
+            grads = [torch.randn_like(e) for e in expected]
+            torch.autograd.backward(acts, grads)
+            torch.autograd.backward(expected, grads)
+        for a, e in zip(acts, expected):
+            torch.testing.assert_close(a, e.detach(), **TOL[torch.float32])
+        for n, r in zip(nat, ref):
+            torch.testing.assert_close(n.grad, r.grad, **TOL[torch.float32])
 
 
 def test_layer_without_bias_gets_no_gradient_entry():
