@@ -2,6 +2,8 @@
 
 The compiled op ``mtlk::gate_mix`` and the Triton op ``mtlk::gate_mix_triton`` share one
 schema, so they share these rules; ``register(forward_name, backward_name)`` attaches them.
+The compiled op's autograd is C++ (``csrc/gate_mix_autograd.cpp``), so it takes only the
+fake and vmap rules (``autograd=False``).
 
 Schemas:
     forward(experts [B,X,D], logits [B,T,X], expert_mask [T,X]?, return_probs) -> (out [B,T,D], probs)
@@ -43,13 +45,20 @@ def _check_mask_unbatched(op_name, mask_dim):
                          "model's fixed expert structure [T, X]")
 
 
-def register(fwd_name: str, bwd_name: str) -> None:
-    """Registers fake, autograd and vmap rules on the op pair, e.g. "mtlk::gate_mix"."""
+def register(fwd_name: str, bwd_name: str, *, autograd: bool) -> None:
+    """Registers fake, vmap and (if ``autograd``) autograd rules on the op pair, e.g. "mtlk::gate_mix"."""
     forward = getattr(torch.ops.mtlk, fwd_name.split("::")[1]).default
     backward = getattr(torch.ops.mtlk, bwd_name.split("::")[1]).default
     torch.library.register_fake(fwd_name)(_fake_forward)
     torch.library.register_fake(bwd_name)(_fake_backward)
 
+    if autograd:
+        _register_autograd(fwd_name, backward)
+    torch.library.register_vmap(fwd_name, _forward_vmap(fwd_name, forward))
+    torch.library.register_vmap(bwd_name, _backward_vmap(bwd_name, backward))
+
+
+def _register_autograd(fwd_name, backward) -> None:
     def setup_context(ctx, inputs, output):
         experts, logits, expert_mask, _ = inputs
         ctx.save_for_backward(experts, logits, expert_mask)
@@ -63,6 +72,8 @@ def register(fwd_name: str, bwd_name: str) -> None:
 
     torch.library.register_autograd(fwd_name, backward_rule, setup_context=setup_context)
 
+
+def _forward_vmap(fwd_name, forward):
     def forward_vmap(info, in_dims, experts, logits, expert_mask, return_probs):
         e_dim, l_dim, m_dim, _ = in_dims
         _check_mask_unbatched(fwd_name, m_dim)
@@ -75,6 +86,10 @@ def register(fwd_name: str, bwd_name: str) -> None:
             return (out, probs.unflatten(0, (n, B))), (0, 0)
         return (out, probs), (0, None)
 
+    return forward_vmap
+
+
+def _backward_vmap(bwd_name, backward):
     def backward_vmap(info, in_dims, grad_out, grad_probs, experts, logits, expert_mask):
         g_dim, gp_dim, e_dim, l_dim, m_dim = in_dims
         _check_mask_unbatched(bwd_name, m_dim)
@@ -86,5 +101,4 @@ def register(fwd_name: str, bwd_name: str) -> None:
         ge, gl = backward(_fold(grad_out), _fold(grad_probs), _fold(experts), _fold(logits), expert_mask)
         return (ge.unflatten(0, (n, B)), gl.unflatten(0, (n, B))), (0, 0)
 
-    torch.library.register_vmap(fwd_name, forward_vmap)
-    torch.library.register_vmap(bwd_name, backward_vmap)
+    return backward_vmap

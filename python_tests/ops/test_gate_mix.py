@@ -257,3 +257,12 @@ def test_vmap_and_batched_grads(backend):
                                                    for t in range(3)])]
     torch.testing.assert_close(jac[0], ref_jac[0])
     torch.testing.assert_close(jac[1], ref_jac[1])
+
+
+@needs_native
+def test_functorch_grad_is_refused_clearly():
+    """Documented limit: the C++ autograd kernel does not support torch.func transforms of the
+    backward (torch.autograd, compile and is_grads_batched are the supported routes)."""
+    experts, logits = torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(3, 2, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="functorch"):
+        torch.func.grad(lambda e: gate_mix(e, logits, backend="native").sum())(experts)
