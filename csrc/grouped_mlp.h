@@ -46,7 +46,7 @@ void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
 
 namespace cpu {
 void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
-// The library matmul_out runs float32 products on here: "onednn" or "mkl".
+// The library matmul_out runs large float32 products on here: "onednn" or "mkl".
 const char* float_products_library();
 void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu);
 void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,

@@ -127,8 +127,10 @@ def cpu_vendor() -> str:
 def test_cpu_product_libraries_agree(shared):
     """float32 CPU products run on oneDNN on non-Intel CPUs (faster than MKL there, see
     csrc/cpu/matmul.cpp) and on MKL on Intel or with torch.backends.mkldnn disabled; both match
-    the reference, with strided inputs and weights and gradients on every input."""
-    B, G, widths = LARGE
+    the reference, with strided inputs and weights and gradients on every input. The sizes put
+    the first two layers' products above the oneDNN threshold (2^23 multiply-adds) and the last
+    one below it."""
+    B, G, widths = 300, 2, LARGE[2]
     x, weights, biases = make(B, G, widths, 3, shared)
     if not shared:
         x = x.transpose(0, 1).contiguous().transpose(0, 1)  # [B, G, in] stored group-major
