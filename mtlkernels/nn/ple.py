@@ -61,7 +61,9 @@ class PLELevel(nn.Module):
             experts = self.experts(h)
             logits = self.gates(h)
         else:
-            experts = self.experts(h.index_select(1, self.owner))  # each expert reads its owner's mixture
+            # each expert reads its owner's mixture; gathered group-major [X, B, in] so the
+            # grouped products read their operands without another copy
+            experts = self.experts(h.transpose(0, 1).index_select(0, self.owner).transpose(0, 1))
             logits = self.gates(h[:, :self.gate_inputs])
         mixed = gate_mix(experts, logits, expert_mask=self.gates.expert_mask())
         return mixed, experts
