@@ -35,6 +35,20 @@ def matmul_rate(dtype: torch.dtype = torch.float32) -> float:
     return 2 * 2048 ** 3 / t
 
 
+def products_line() -> str:
+    """Which library grouped_mlp runs float32 CPU products on, and its 2048^3 rate when that is
+    not torch.mm's own library (then the op can run below a floor measured with torch.mm)."""
+    import mtlkernels
+
+    library = mtlkernels.build_info()["cpu_float_products"]
+    if library != "onednn":
+        return f"grouped_mlp float32 products: {library} (torch.mm's library)"
+    a, w = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    t = interleaved_medians({"mm": lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")}, reps=7)
+    return (f"grouped_mlp float32 products: oneDNN, {2 * 2048 ** 3 / t['mm'] / 1e9:.0f} GFLOP/s at 2048^3 "
+            "(the floor uses torch.mm's rate, MKL)")
+
+
 def table_main(doc: str, run: Callable[[int, int, str], None], reps: int = 15) -> None:
     """Command line of the model/expert tables: ``--reps``, ``--threads`` (default 1, the bars'
     setting), ``--system-malloc``; then ``run(reps, threads, allocator label)``."""
