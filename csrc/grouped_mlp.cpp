@@ -128,6 +128,7 @@ at::Tensor input_gm(const at::Tensor& x, const std::vector<at::Tensor>& acts, in
 std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
                                     const c10::List<bool>& relu, bool shared_input) {
   const Dims d = check_args(x, weights, biases, relu, shared_input);
+  if (cpu::small_groups(x, weights, shared_input)) return cpu::grouped_mlp_small(x, weights, biases, relu);
   const int64_t L = static_cast<int64_t>(weights.size());
   std::vector<at::Tensor> acts;
   for (int64_t l = 0; l < L; ++l) {
@@ -179,6 +180,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
                        gl->scalar_type(), " != x dtype ", x.scalar_type());
       g_out[l] = unit_stride(*gl);
     }
+  }
+  if (cpu::small_groups(x, weights, shared_input)) {
+    return cpu::grouped_mlp_small_backward(g_out, x, weights, acts, relu, input_grad);
   }
   // g_out as [G, B, w] views
   auto g_out_gm = [&](int64_t l) { return l + 1 == L ? swap_bg(*g_out[l]) : *g_out[l]; };

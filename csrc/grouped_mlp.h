@@ -51,6 +51,14 @@ const char* float_products_library();
 void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu);
 void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,
                 const at::Tensor& act, bool relu, const at::Tensor& bias_grad);
+// Small per-group stacks (towers, inner-level gates; csrc/cpu/grouped_mlp_small.cpp): whole
+// stack per (row, group), same layouts and contract as grouped_mlp / grouped_mlp_backward.
+bool small_groups(const at::Tensor& x, at::TensorList weights, bool shared_input);
+std::vector<at::Tensor> grouped_mlp_small(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                                          const c10::List<bool>& relu);
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped_mlp_small_backward(
+    const std::vector<std::optional<at::Tensor>>& grads, const at::Tensor& x, at::TensorList weights,
+    at::TensorList activations, const c10::List<bool>& relu, bool input_grad);
 }  // namespace cpu
 
 }  // namespace mtlk

@@ -1,6 +1,7 @@
 // C++ tests of the grouped MLP reached through the dispatcher (CPU kernels and the autograd
 // kernel), against the same stack written with ATen matmul and autograd: small and large
-// groups (serial and parallel epilogues), shared and per-group input.
+// groups (serial and parallel epilogues), shared and per-group input, and tower-sized
+// per-group stacks (the small-stack path, full row tiles and a remainder).
 // Run by ctest; exits non-zero if any check fails.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
@@ -74,5 +75,6 @@ int main() {
     test_against_aten(9, 3, {5, 7, 4}, shared);
     test_against_aten(300, 2, {130, 129, 128, 3}, shared);
   }
+  test_against_aten(300, 6, {32, 16, 1}, false);
   return mtlk_test::finish("test_grouped_mlp");
 }
