@@ -74,7 +74,9 @@ at::Tensor unit_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.c
 }  // namespace
 
 void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (out.device().is_cpu()) return cpu::matmul_out(out, a, b);
+  TORCH_CHECK(a.dim() == b.dim() && out.dim() == a.dim() && (a.dim() == 2 || a.dim() == 3),
+              "grouped_mlp: internal error, products take two 2-D or two 3-D operands");
+  if (out.device().is_cpu() && cpu::onednn_matmul_out(out, a, b)) return;
   at::Tensor o = out;
   if (a.dim() == 2) {
     at::mm_out(o, a, b);

@@ -45,7 +45,9 @@ void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optiona
 void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
 namespace cpu {
-void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+// out = a @ b on oneDNN when that is the faster library here (csrc/cpu/matmul.cpp); false
+// (nothing done) otherwise.
+bool onednn_matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 // The library matmul_out runs large float32 products on here: "onednn" or "mkl".
 const char* float_products_library();
 void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu);

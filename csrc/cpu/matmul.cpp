@@ -1,5 +1,5 @@
-// CPU matrix products of the grouped MLP: oneDNN where it is the faster library, else
-// ATen's mm/bmm (MKL).
+// CPU matrix products of the grouped MLP: oneDNN where it is the faster library (else the
+// driver's ATen mm/bmm, i.e. MKL).
 //
 // ATen runs float32 products on MKL, which selects its tuned kernels by CPU vendor: on
 // non-Intel x86 it runs a generic path. oneDNN selects its JIT kernels by instruction set
@@ -13,9 +13,6 @@
 // bfloat16/half products already reach oneDNN through ATen.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/bmm.h>
-#include <ATen/ops/mm.h>
-#include <c10/util/Exception.h>
 
 #include <cstring>
 
@@ -69,22 +66,15 @@ constexpr int64_t kOneDnnMinMacs = int64_t{1} << 23;
 
 const char* float_products_library() { return onednn_float_products() ? "onednn" : "mkl"; }
 
-void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(a.dim() == b.dim() && out.dim() == a.dim() && (a.dim() == 2 || a.dim() == 3),
-              "grouped_mlp: internal error, products take two 2-D or two 3-D operands");
+bool onednn_matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
 #if defined(CPU_CAPABILITY_AVX512)
   if (a.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() * a.size(-1) >= kOneDnnMinMacs &&
       onednn_float_products()) {
     at::native::mkldnn_matmul(a, b, out, /*beta=*/0.0f, /*alpha=*/1.0f);
-    return;
+    return true;
   }
 #endif
-  at::Tensor o = out;
-  if (a.dim() == 2) {
-    at::mm_out(o, a, b);
-  } else {
-    at::bmm_out(o, a, b);
-  }
+  return false;
 }
 
 }  // namespace mtlk::cpu
