@@ -1,6 +1,7 @@
 // The one TORCH_LIBRARY(mtlk) of the project: every op schema lives here. Kernels
-// register per dispatch key in csrc/cpu/ and csrc/cuda/; autograd, fake (meta) and
-// vmap rules are registered from Python in mtlkernels/ops/.
+// register per dispatch key in csrc/cpu/ and csrc/cuda/; fake (meta) and vmap rules are
+// registered from Python in mtlkernels/ops/; autograd is C++ for gate_mix and grouped_mlp
+// (csrc/*_autograd.cpp), Python for the rest.
 #include <torch/library.h>
 
 TORCH_LIBRARY(mtlk, m) {

@@ -1,9 +1,9 @@
 """Fake (meta), autograd and vmap rules of a gate-mixture op pair.
 
 The compiled op ``mtlk::gate_mix`` and the Triton op ``mtlk::gate_mix_triton`` share one
-schema, so they share these rules; ``register(forward_name, backward_name)`` attaches them.
-The compiled op's autograd is C++ (``csrc/gate_mix_autograd.cpp``), so it takes only the
-fake and vmap rules (``autograd=False``).
+schema, so they share these rules: ``register(forward_name, backward_name)`` attaches the
+fake and vmap rules, ``register_autograd`` the autograd rule. Only the Triton op takes the
+latter: the compiled op's autograd is C++ (``csrc/gate_mix_autograd.cpp``).
 
 Schemas:
     forward(experts [B,X,D], logits [B,T,X], expert_mask [T,X]?, return_probs) -> (out [B,T,D], probs)
@@ -45,20 +45,23 @@ def _check_mask_unbatched(op_name, mask_dim):
                          "model's fixed expert structure [T, X]")
 
 
-def register(fwd_name: str, bwd_name: str, *, autograd: bool) -> None:
-    """Registers fake, vmap and (if ``autograd``) autograd rules on the op pair, e.g. "mtlk::gate_mix"."""
-    forward = getattr(torch.ops.mtlk, fwd_name.split("::")[1]).default
-    backward = getattr(torch.ops.mtlk, bwd_name.split("::")[1]).default
+def _op(name: str):
+    """The OpOverload of "mtlk::<op>"."""
+    return getattr(torch.ops.mtlk, name.split("::")[1]).default
+
+
+def register(fwd_name: str, bwd_name: str) -> None:
+    """Registers the fake and vmap rules on the op pair, e.g. "mtlk::gate_mix"."""
     torch.library.register_fake(fwd_name)(_fake_forward)
     torch.library.register_fake(bwd_name)(_fake_backward)
-
-    if autograd:
-        _register_autograd(fwd_name, backward)
-    torch.library.register_vmap(fwd_name, _forward_vmap(fwd_name, forward))
-    torch.library.register_vmap(bwd_name, _backward_vmap(bwd_name, backward))
+    torch.library.register_vmap(fwd_name, _forward_vmap(fwd_name, _op(fwd_name)))
+    torch.library.register_vmap(bwd_name, _backward_vmap(bwd_name, _op(bwd_name)))
 
 
-def _register_autograd(fwd_name, backward) -> None:
+def register_autograd(fwd_name: str, bwd_name: str) -> None:
+    """Registers the autograd rule of the op pair (the backward op recomputes the gates)."""
+    backward = _op(bwd_name)
+
     def setup_context(ctx, inputs, output):
         experts, logits, expert_mask, _ = inputs
         ctx.save_for_backward(experts, logits, expert_mask)

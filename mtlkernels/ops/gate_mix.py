@@ -81,7 +81,7 @@ def check_logit_values(logits: Tensor, expert_mask: Tensor | None) -> None:
 
 
 if _extension.native_available():
-    _gate_mix_rules.register("mtlk::gate_mix", "mtlk::gate_mix_backward", autograd=False)
+    _gate_mix_rules.register("mtlk::gate_mix", "mtlk::gate_mix_backward")
 
 
 def _triton_op():

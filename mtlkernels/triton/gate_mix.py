@@ -153,4 +153,5 @@ def gate_mix_triton_backward(grad_out: Tensor, grad_probs: Tensor | None, expert
     return grad_experts, grad_logits
 
 
-_gate_mix_rules.register("mtlk::gate_mix_triton", "mtlk::gate_mix_triton_backward", autograd=True)
+_gate_mix_rules.register("mtlk::gate_mix_triton", "mtlk::gate_mix_triton_backward")
+_gate_mix_rules.register_autograd("mtlk::gate_mix_triton", "mtlk::gate_mix_triton_backward")

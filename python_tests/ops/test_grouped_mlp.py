@@ -33,6 +33,23 @@ def leaves(*tensors):
     return [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
 
 
+def backward_both(acts, expected):
+    """One random gradient on every activation (the intermediate ones included), through the
+    native activations and the reference's; returns the gradients."""
+    grads = [torch.randn_like(e) for e in expected]
+    torch.autograd.backward(acts, grads)
+    torch.autograd.backward(expected, grads)
+    return grads
+
+
+def assert_matches(acts, expected, nat, ref, tol):
+    """Every activation and every leaf gradient of the native run equals the reference's."""
+    for a, e in zip(acts, expected):
+        torch.testing.assert_close(a, e.detach(), **tol)
+    for n, r in zip(nat, ref):
+        torch.testing.assert_close(n.grad, r.grad, **tol)
+
+
 def run_both(x, weights, biases, relu, shared):
     """(native activations, reference activations) for the same leaves, plus the leaf lists."""
     nat = leaves(x, *weights, *[b for b in biases])
@@ -58,15 +75,9 @@ def test_activations_and_gradients_match_reference(size, shared, layers, dtype):
     relu = [True] * (layers - 1) + [layers % 2 == 1]  # last layer with and without ReLU
     acts, expected, nat, ref = run_both(x, weights, biases, relu, shared)
     assert [a.shape for a in acts] == [e.shape for e in expected]
-    # a gradient on every activation, the intermediate ones included
-    grads = [torch.randn_like(e) for e in expected]
-    torch.autograd.backward(acts, grads)
-    torch.autograd.backward(expected, grads)
+    grads = backward_both(acts, expected)
     if dtype != torch.bfloat16:
-        for a, e in zip(acts, expected):
-            torch.testing.assert_close(a, e.detach(), **TOL[dtype])
-        for n, r in zip(nat, ref):
-            torch.testing.assert_close(n.grad, r.grad, **TOL[dtype])
+        assert_matches(acts, expected, nat, ref, TOL[dtype])
         return
     # bfloat16: no worse than PyTorch's own bfloat16 ops, both measured against float64 math on
     # the same (bfloat16-valued) inputs and output gradients
@@ -144,13 +155,8 @@ def test_cpu_product_libraries_agree(shared):
             if not enabled:
                 assert mtlkernels.build_info()["cpu_float_products"] == "mkl"
             acts, expected, nat, ref = run_both(x, weights, biases, relu, shared)
-            grads = [torch.randn_like(e) for e in expected]
-            torch.autograd.backward(acts, grads)
-            torch.autograd.backward(expected, grads)
-        for a, e in zip(acts, expected):
-            torch.testing.assert_close(a, e.detach(), **TOL[torch.float32])
-        for n, r in zip(nat, ref):
-            torch.testing.assert_close(n.grad, r.grad, **TOL[torch.float32])
+            backward_both(acts, expected)
+        assert_matches(acts, expected, nat, ref, TOL[torch.float32])
 
 
 @pytest.mark.parametrize("B", [1, 7, 8, 9, 200])
@@ -164,13 +170,8 @@ def test_small_stacks_match_reference(B, dtype):
         x, weights, biases = make(B, 6, widths, len(widths) - 1, False, dtype)
         x = x.transpose(0, 1).contiguous().transpose(0, 1)  # [B, G, in] stored group-major
         acts, expected, nat, ref = run_both(x, weights, biases, relu, False)
-        grads = [torch.randn_like(e) for e in expected]
-        torch.autograd.backward(acts, grads)
-        torch.autograd.backward(expected, grads)
-        for a, e in zip(acts, expected):
-            torch.testing.assert_close(a, e.detach(), **TOL[dtype])
-        for n, r in zip(nat, ref):
-            torch.testing.assert_close(n.grad, r.grad, **TOL[dtype])
+        backward_both(acts, expected)
+        assert_matches(acts, expected, nat, ref, TOL[dtype])
 
 
 def test_small_stack_nan_propagates_like_linear_and_relu():
