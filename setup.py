@@ -21,7 +21,11 @@ if os.path.exists("/usr/local/cuda/bin/nvcc"):
     os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
+except ImportError:
+    raise SystemExit("mtlkernels compiles against the torch of the environment it is installed into: "
+                     "pip install torch==2.13.0 (or your CUDA build), then pip install --no-build-isolation .")
 from setuptools import find_packages, setup  # noqa: E402
 from torch.utils.cpp_extension import (  # noqa: E402
     CUDA_HOME,
@@ -95,6 +99,7 @@ def extension():
 
 setup(
     packages=find_packages(include=["mtlkernels", "mtlkernels.*"]),
+    package_data={"mtlkernels.data": ["census/*.gz", "census/README.md"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
 )

@@ -31,8 +31,11 @@ class AITM(MultiTaskModel):
     _task_specific = ("towers", "transfer", "attention", "heads")
 
     def __init__(self, input_dim: int, num_tasks: int, tower_hidden: Sequence[int] = (128, 64, 32), *,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, calibrator_alpha: float = 0.6):
         super().__init__()
+        if not calibrator_alpha >= 0:
+            raise ValueError(f"AITM: calibrator_alpha must be >= 0, got {calibrator_alpha}")
+        self.calibrator_alpha = calibrator_alpha
         if num_tasks < 1:
             raise ValueError(f"AITM: num_tasks must be >= 1, got {num_tasks}")
         self.num_tasks = num_tasks
@@ -61,15 +64,21 @@ class AITM(MultiTaskModel):
         return (logits, x) if return_representation else logits
 
     @staticmethod
+    def calibrator(logits: Tensor, alpha: float = 0.6) -> Tensor:
+        """``[T]``: 0 for the first task, ``alpha * mean_i relu(yhat_t - yhat_{t-1})`` for t >= 2
+        (the behavioural expectation calibrator: a later funnel step may not be likelier)."""
+        probs = torch.sigmoid(logits)
+        penalty = torch.relu(probs[:, 1:] - probs[:, :-1]).mean(dim=0)
+        return torch.cat([penalty.new_zeros(1), alpha * penalty])
+
+    def extra_task_losses(self, logits: Tensor) -> Tensor:
+        return self.calibrator(logits, self.calibrator_alpha)
+
+    @staticmethod
     def loss(logits: Tensor, labels: Tensor, alpha: float = 0.6) -> Tensor:
         """Per-task losses ``[T]``: ``BCE_t + alpha * mean_i relu(yhat_t - yhat_{t-1})`` for t >= 2
         (the behavioural expectation calibrator, official alpha 0.6, batch mean), ``BCE_1`` for t = 1.
         ``labels`` ``[B, T]`` of 0/1."""
         if labels.shape != logits.shape:
             raise ValueError(f"AITM.loss: labels must be [B, T] = {tuple(logits.shape)}, got {tuple(labels.shape)}")
-        bce = bce_from_logits(logits, labels)
-        if logits.shape[1] == 1:
-            return bce
-        probs = torch.sigmoid(logits)
-        penalty = torch.relu(probs[:, 1:] - probs[:, :-1]).mean(dim=0)
-        return torch.cat([bce[:1], bce[1:] + alpha * penalty])
+        return bce_from_logits(logits, labels) + AITM.calibrator(logits, alpha)

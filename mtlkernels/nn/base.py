@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from torch import nn
+from torch import Tensor, nn
 
 
 class MultiTaskModel(nn.Module):
@@ -17,6 +17,16 @@ class MultiTaskModel(nn.Module):
     """
 
     _task_specific: tuple[str, ...] = ()
+
+    def task_logits(self, out: Tensor) -> Tensor:
+        """``[B, T]`` logits whose sigmoid is the probability of each task's label (for
+        regression tasks: the prediction itself), from ``forward``'s output. The identity here;
+        entire-space models compose their towers (ESMM: the CTCVR logit of ``pCTR * pCVR``)."""
+        return out
+
+    def extra_task_losses(self, out: Tensor) -> Tensor | None:
+        """A ``[T]`` term added to the per-task losses (AITM's calibrator), or None."""
+        return None
 
     def task_specific_parameters(self) -> Iterator[nn.Parameter]:
         seen = set()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkernels.nn.base import MultiTaskModel
-from mtlkernels.nn.losses import bce_from_log_prob, bce_from_logits, check_binary_labels
+from mtlkernels.nn.losses import bce_from_logits, check_binary_labels, check_funnel, logit_from_log_prob
 from mtlkernels.nn.towers import Towers
 
 
@@ -43,16 +43,23 @@ class ESMM(MultiTaskModel):
         return {"ctr": log_ctr.exp(), "cvr": log_cvr.exp(), "ctcvr": (log_ctr + log_cvr).exp()}
 
     @staticmethod
-    def loss(logits: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
+    def task_logits(logits: Tensor) -> Tensor:
+        """``[B, 2]``: the CTR logit and the logit of ``pCTCVR = pCTR * pCVR`` (log space), the
+        predictions of the labels (click, conversion) on every impression."""
+        log_ctcvr = F.logsigmoid(logits[:, 0]) + F.logsigmoid(logits[:, 1])
+        return torch.stack([logits[:, 0], logit_from_log_prob(log_ctcvr)], dim=1)
+
+    @classmethod
+    def loss(cls, logits: Tensor, click: Tensor, conversion: Tensor) -> Tensor:
         """Per-task losses ``[2]`` over all impressions: BCE(click, pCTR) and
-        BCE(click AND conversion, pCTR * pCVR). No direct CVR loss (the paper's point).
-        Means over the batch; sum them (or hand them to a balancing method)."""
+        BCE(conversion, pCTR * pCVR). No direct CVR loss (the paper's point). A conversion
+        without a click is a ValueError. Means over the batch; sum them (or hand them to a
+        balancing method)."""
         B = logits.shape[0]
         check_binary_labels("click", click, B)
         check_binary_labels("conversion", conversion, B)
-        ctr = bce_from_logits(logits[:, 0], click)
-        log_ctcvr = F.logsigmoid(logits[:, 0]) + F.logsigmoid(logits[:, 1])
-        return torch.stack([ctr, bce_from_log_prob(log_ctcvr, click * conversion)])
+        check_funnel("conversion", conversion, "click", click)
+        return bce_from_logits(cls.task_logits(logits), torch.stack([click, conversion], 1))
 
 
 class ESM2(MultiTaskModel):
@@ -90,14 +97,21 @@ class ESM2(MultiTaskModel):
     def predictions(cls, logits: Tensor) -> dict[str, Tensor]:
         return {k: v.exp() for k, v in cls.log_probs(logits).items()}
 
+    @staticmethod
+    def task_logits(logits: Tensor) -> Tensor:
+        """``[B, 3]`` logits of pCTR, pCTAVR and pCTCVR (log space): the predictions of the
+        labels (click, DAction, purchase) on every impression."""
+        lp = ESM2.log_probs(logits)
+        return torch.stack([logits[:, 0], logit_from_log_prob(lp["ctavr"]), logit_from_log_prob(lp["ctcvr"])], 1)
+
     @classmethod
     def loss(cls, logits: Tensor, click: Tensor, daction: Tensor, purchase: Tensor) -> Tensor:
-        """Per-task losses ``[3]`` over all impressions: BCE(click, pCTR), BCE(click AND DAction,
-        pCTAVR), BCE(click AND purchase, pCTCVR); batch means, weights 1 as in the paper."""
+        """Per-task losses ``[3]`` over all impressions: BCE(click, pCTR), BCE(DAction, pCTAVR),
+        BCE(purchase, pCTCVR); batch means, weights 1 as in the paper. A DAction or a purchase
+        without a click is a ValueError."""
         B = logits.shape[0]
         for name, label in (("click", click), ("daction", daction), ("purchase", purchase)):
             check_binary_labels(name, label, B)
-        lp = cls.log_probs(logits)
-        return torch.stack([bce_from_logits(logits[:, 0], click),
-                            bce_from_log_prob(lp["ctavr"], click * daction),
-                            bce_from_log_prob(lp["ctcvr"], click * purchase)])
+        check_funnel("daction", daction, "click", click)
+        check_funnel("purchase", purchase, "click", click)
+        return bce_from_logits(cls.task_logits(logits), torch.stack([click, daction, purchase], 1))

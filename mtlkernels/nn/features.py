@@ -1,4 +1,4 @@
-"""Recsys feature input: categorical ids and dense values -> the shared input vector."""
+"""Recsys feature input: categorical ids, multi-value bags and dense values -> the shared input vector."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,55 +17,84 @@ class SparseField:
 
 
 @dataclass(frozen=True)
+class BagField:
+    """A multi-value categorical feature: a bag of ids in ``[0, vocab_size)`` per row, pooled by
+    ``"mean"`` or ``"sum"`` into one embedding slot (an empty bag pools to zeros)."""
+
+    name: str
+    vocab_size: int
+    pooling: str = "mean"
+
+
+@dataclass(frozen=True)
 class FeatureSchema:
-    """The input of a model: sparse fields (one id column each), dense columns, embedding width."""
+    """The input of a model: sparse fields (one id column each), bag fields, dense columns, the
+    embedding width, and whether the dense block is projected to one E-wide slot
+    (``dense_projection=True``) or passed through as it is."""
 
     sparse: tuple[SparseField, ...]
     dense: tuple[str, ...] = ()
     embedding_dim: int = 16
+    bags: tuple[BagField, ...] = ()
+    dense_projection: bool = True
 
     def __post_init__(self):
-        if not self.sparse and not self.dense:
+        if not self.sparse and not self.dense and not self.bags:
             raise ValueError("FeatureSchema: no feature")
         if self.embedding_dim < 1:
             raise ValueError(f"FeatureSchema: embedding_dim must be >= 1, got {self.embedding_dim}")
-        for f in self.sparse:
+        for f in (*self.sparse, *self.bags):
             if f.vocab_size < 1:
                 raise ValueError(f"FeatureSchema: field {f.name!r} has vocab_size {f.vocab_size}")
+        for f in self.bags:
+            if f.pooling not in ("mean", "sum"):
+                raise ValueError(f"FeatureSchema: bag field {f.name!r} pooling must be 'mean' or 'sum', "
+                                 f"got {f.pooling!r}")
 
     @property
     def output_dim(self) -> int:
-        """Width of the vector ``FeatureEmbedding`` produces: one E-slot per sparse field, plus one
-        for the dense block."""
-        return (len(self.sparse) + (1 if self.dense else 0)) * self.embedding_dim
+        """Width of the vector ``FeatureEmbedding`` produces: one E-slot per sparse and bag field,
+        then the dense block (one E-slot, or its D columns unprojected)."""
+        dense = (self.embedding_dim if self.dense_projection else len(self.dense)) if self.dense else 0
+        return (len(self.sparse) + len(self.bags)) * self.embedding_dim + dense
 
 
 class FeatureEmbedding(nn.Module):
-    """``(sparse_ids [B, F] int, dense [B, Fd] float) -> x [B, schema.output_dim]``.
+    """``(sparse_ids [B, F] int, dense [B, Fd] float, bags) -> x [B, schema.output_dim]``.
 
-    All F fields live in ONE embedding table (field f's rows start at the sum of the previous
-    vocab sizes), so the lookup is a single gather, not one module call per field. The dense
-    block is projected by one linear map to an E-wide slot (the MTReclib arrangement). Ids out
-    of ``[0, vocab_size)`` raise a ValueError naming the field (checked in eager mode).
+    All F sparse and K bag fields live in ONE embedding table (field f's rows start at the sum
+    of the previous vocab sizes). Without bag fields the lookup is a single gather; with them,
+    the single ids are bags of one and everything is one ``embedding_bag`` call (sum mode,
+    per-id weights ``1 / len`` for mean-pooled bags): no loop over fields or rows. The dense
+    block is projected by one linear map to an E-wide slot (the MTReclib arrangement) or, with
+    ``dense_projection=False``, appended as it is; float64 (pandas' default) or other float
+    input is cast to the parameters' dtype. Ids out of ``[0, vocab_size)`` raise a ValueError
+    naming the field (checked in eager mode).
+
+    ``bags``: ``(values [nnz] int, lengths [B, K] int)`` (``mtlkernels.data.Bags``): row b's bag of
+    field k is the next ``lengths[b, k]`` values, rows in order, fields in order within a row.
     """
 
     def __init__(self, schema: FeatureSchema):
         super().__init__()
         self.schema = schema
-        vocab = [f.vocab_size for f in schema.sparse]
+        fields = [*schema.sparse, *schema.bags]
+        vocab = [f.vocab_size for f in fields]
         offsets = torch.tensor([0] + vocab[:-1], dtype=torch.long).cumsum(0) if vocab else torch.zeros(0, dtype=torch.long)
         self.register_buffer("offsets", offsets, persistent=False)
         self.register_buffer("vocab", torch.tensor(vocab, dtype=torch.long), persistent=False)
+        self.register_buffer("bag_mean", torch.tensor([f.pooling == "mean" for f in schema.bags]), persistent=False)
         self.table = nn.Parameter(torch.empty(sum(vocab), schema.embedding_dim)) if vocab else None
-        self.dense_proj = nn.Linear(len(schema.dense), schema.embedding_dim) if schema.dense else None
+        self.dense_proj = (nn.Linear(len(schema.dense), schema.embedding_dim)
+                           if schema.dense and schema.dense_projection else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         if self.table is not None:
             nn.init.normal_(self.table, std=0.01)
 
-    def _check(self, sparse: Tensor | None, dense: Tensor | None) -> None:
-        F_, D_ = len(self.schema.sparse), len(self.schema.dense)
+    def _check(self, sparse: Tensor | None, dense: Tensor | None, bags) -> None:
+        F_, D_, K = len(self.schema.sparse), len(self.schema.dense), len(self.schema.bags)
         if F_:
             if sparse is None or sparse.dim() != 2 or sparse.shape[1] != F_:
                 raise ValueError(f"FeatureEmbedding: sparse_ids must be [B, {F_}], got "
@@ -78,23 +107,84 @@ class FeatureEmbedding(nn.Module):
                                  f"{None if dense is None else tuple(dense.shape)}")
             if not dense.is_floating_point():
                 raise TypeError(f"FeatureEmbedding: dense must be floating point, got {dense.dtype}")
-        if F_ and D_ and sparse.shape[0] != dense.shape[0]:
-            raise ValueError(f"FeatureEmbedding: sparse_ids batch {sparse.shape[0]} != dense batch {dense.shape[0]}")
-        if F_ and not torch.compiler.is_compiling():
-            bad = (sparse < 0) | (sparse >= self.vocab)
+        if K:
+            if bags is None or len(bags) != 2:
+                raise ValueError(f"FeatureEmbedding: bags must be (values [nnz], lengths [B, {K}]) for the bag "
+                                 f"fields {[f.name for f in self.schema.bags]}")
+            values, lengths = bags
+            if lengths.dim() != 2 or lengths.shape[1] != K or values.dim() != 1:
+                raise ValueError(f"FeatureEmbedding: bags must be (values [nnz], lengths [B, {K}]), got values "
+                                 f"{tuple(values.shape)}, lengths {tuple(lengths.shape)}")
+            if values.dtype not in (torch.int32, torch.int64) or lengths.dtype not in (torch.int32, torch.int64):
+                raise TypeError(f"FeatureEmbedding: bag values and lengths must be int32/int64, got "
+                                f"{values.dtype}, {lengths.dtype}")
+        elif bags is not None:
+            raise ValueError("FeatureEmbedding: bags given but the schema has no bag field")
+        batches = {n: t.shape[0] for n, t in (("sparse_ids", sparse if F_ else None), ("dense", dense if D_ else None),
+                                               ("bags", bags[1] if K else None)) if t is not None}
+        if len(set(batches.values())) > 1:
+            raise ValueError(f"FeatureEmbedding: inputs disagree on the batch size: {batches}")
+        if torch.compiler.is_compiling():
+            return
+        if F_:
+            bad = (sparse < 0) | (sparse >= self.vocab[:F_])
             if bool(bad.any()):
                 row, col = bad.nonzero()[0].tolist()
                 field = self.schema.sparse[col]
                 raise ValueError(f"FeatureEmbedding: field {field.name!r} id {int(sparse[row, col])} at row {row} "
                                  f"is outside [0, {field.vocab_size})")
+        if K:
+            values, lengths = bags
+            if bool((lengths < 0).any()) or int(lengths.sum()) != values.numel():
+                raise ValueError(f"FeatureEmbedding: bag lengths must be >= 0 and sum to the {values.numel()} values")
+            field_of = torch.repeat_interleave(torch.arange(K, device=lengths.device).repeat(lengths.shape[0]),
+                                               lengths.flatten())
+            bad = (values < 0) | (values >= self.vocab[F_:][field_of])
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                field = self.schema.bags[int(field_of[i])]
+                raise ValueError(f"FeatureEmbedding: bag field {field.name!r} id {int(values[i])} is outside "
+                                 f"[0, {field.vocab_size})")
 
-    def forward(self, sparse_ids: Tensor | None, dense: Tensor | None = None) -> Tensor:
-        self._check(sparse_ids, dense)
+    def _lookup_bags(self, sparse: Tensor | None, bags) -> Tensor:
+        """One ``embedding_bag`` over the single ids (bags of one) and the bag fields, row-major
+        over (row, slot): ``[B, (F + K) * E]``."""
+        values, lengths = bags
+        B, K = lengths.shape
+        F_ = len(self.schema.sparse)
+        lengths = lengths.long()
+        ones = lengths.new_ones(B, F_)
+        slot_len = torch.cat([ones, lengths], 1)  # [B, F + K]
+        starts = (torch.cumsum(slot_len.flatten(), 0) - slot_len.flatten()).view(B, F_ + K)
+        ids = values.new_empty(int(slot_len.sum()), dtype=torch.long)
+        if F_:
+            ids[starts[:, :F_].flatten()] = (sparse.long() + self.offsets[:F_]).flatten()
+        nb = lengths.flatten()
+        if values.numel():
+            first = torch.cumsum(nb, 0) - nb  # start of each bag inside ``values``
+            within = torch.arange(values.numel(), device=values.device) - torch.repeat_interleave(first, nb)
+            pos = torch.repeat_interleave(starts[:, F_:].flatten(), nb) + within
+            ids[pos] = values.long() + torch.repeat_interleave(self.offsets[F_:].repeat(B), nb)
+        weights = None
+        if bool(self.bag_mean.any()):
+            inv = torch.where(self.bag_mean, 1.0 / lengths.clamp_min(1).to(self.table.dtype),
+                              torch.ones((), dtype=self.table.dtype, device=lengths.device))
+            w = torch.cat([torch.ones(B, F_, dtype=self.table.dtype, device=lengths.device), inv], 1)
+            weights = torch.repeat_interleave(w.flatten(), slot_len.flatten())
+        out = F.embedding_bag(ids, self.table, starts.flatten(), mode="sum", per_sample_weights=weights)
+        return out.view(B, (F_ + K) * self.schema.embedding_dim)
+
+    def forward(self, sparse_ids: Tensor | None, dense: Tensor | None = None, bags=None) -> Tensor:
+        self._check(sparse_ids, dense, bags)
         parts = []
-        if self.table is not None:
+        if self.schema.bags:
+            parts.append(self._lookup_bags(sparse_ids, bags))
+        elif self.table is not None:
             parts.append(F.embedding(sparse_ids + self.offsets, self.table).flatten(1))
-        if self.dense_proj is not None:
-            parts.append(self.dense_proj(dense))
+        if self.schema.dense:
+            param = self.table if self.table is not None else self.dense_proj.weight if self.dense_proj else None
+            dense = dense.to(param.dtype if param is not None else torch.get_default_dtype())
+            parts.append(self.dense_proj(dense) if self.dense_proj is not None else dense)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
@@ -109,8 +199,14 @@ class WithFeatures(nn.Module):
         super().__init__()
         self.features, self.model = features, model
 
-    def forward(self, sparse_ids: Tensor | None, dense: Tensor | None = None, **kwargs):
-        return self.model(self.features(sparse_ids, dense), **kwargs)
+    def forward(self, sparse_ids: Tensor | None, dense: Tensor | None = None, bags=None, **kwargs):
+        return self.model(self.features(sparse_ids, dense, bags), **kwargs)
+
+    def task_logits(self, out: Tensor) -> Tensor:
+        return self.model.task_logits(out)
+
+    def extra_task_losses(self, out: Tensor) -> Tensor | None:
+        return self.model.extra_task_losses(out)
 
     def shared_parameters(self):
         yield from self.features.parameters()

@@ -26,16 +26,23 @@ def log1mexp(log_p: Tensor) -> Tensor:
     return torch.where(near_zero, torch.log(-torch.expm1(hi)), torch.log1p(-torch.exp(lo)))
 
 
-def bce_from_log_prob(log_p: Tensor, label: Tensor) -> Tensor:
-    """Mean binary cross-entropy of probability ``exp(log_p)`` against 0/1 ``label``."""
-    label = label.to(log_p.dtype)
-    return -(label * log_p + (1 - label) * log1mexp(log_p)).mean()
+def logit_from_log_prob(log_p: Tensor) -> Tensor:
+    """``log p - log(1 - p)`` from ``log p <= 0``, accurate at both ends (the logit of a
+    probability built as a product in log space, e.g. ESMM's ``pCTR * pCVR``)."""
+    return log_p - log1mexp(log_p)
 
 
 def bce_from_logits(logits: Tensor, label: Tensor) -> Tensor:
     """Mean binary cross-entropy with logits (per task when ``logits``/``label`` are ``[B, T]``)."""
     per = F.binary_cross_entropy_with_logits(logits, label.to(logits.dtype), reduction="none")
     return per.mean(dim=0)
+
+
+def check_funnel(child_name: str, child: Tensor, parent_name: str, parent: Tensor) -> None:
+    """A positive ``child`` (a conversion) needs a positive ``parent`` (a click)."""
+    if not torch.compiler.is_compiling() and bool(((child == 1) & (parent != 1)).any()):
+        row = int(((child == 1) & (parent != 1)).nonzero()[0])
+        raise ValueError(f"{child_name} is 1 without a {parent_name} at row {row} (funnel violation)")
 
 
 def check_binary_labels(name: str, label: Tensor, batch: int) -> None:

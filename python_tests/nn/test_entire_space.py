@@ -27,7 +27,7 @@ def test_esmm_loss_matches_the_probability_form_and_stays_finite():
     torch.manual_seed(1)
     logits = torch.randn(64, 2, dtype=torch.float64)
     click = (torch.rand(64) < 0.5).double()
-    conv = (torch.rand(64) < 0.3).double()
+    conv = (torch.rand(64) < 0.3).double() * click  # a conversion needs a click
     losses = mnn.ESMM.loss(logits, click, conv)
     p = mnn.ESMM.predictions(logits)
     torch.testing.assert_close(losses, torch.stack([naive_bce(p["ctr"], click), naive_bce(p["ctcvr"], click * conv)]))
@@ -56,8 +56,27 @@ def test_esm2_composition_and_loss():
     torch.testing.assert_close(p["cvr"], y2 * y4 + (1 - y2) * y3)
     torch.testing.assert_close(p["ctcvr"], y1 * (y2 * y4 + (1 - y2) * y3))
     c, a, b = [(torch.rand(50) < q).double() for q in (0.5, 0.3, 0.2)]
+    a, b = a * c, b * c  # DAction and purchase follow a click
     torch.testing.assert_close(mnn.ESM2.loss(logits, c, a, b),
                                torch.stack([naive_bce(y1, c), naive_bce(y1 * y2, c * a), naive_bce(p["ctcvr"], c * b)]))
+
+
+def test_entire_space_losses_refuse_a_conversion_without_a_click():
+    logits = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="conversion is 1 without a click at row 1"):
+        mnn.ESMM.loss(logits[:, :2], torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="purchase is 1 without a click at row 2"):
+        mnn.ESM2.loss(logits, torch.tensor([1.0, 1.0, 0.0]), torch.zeros(3), torch.tensor([1.0, 0.0, 1.0]))
+
+
+def test_task_logits_are_the_logits_of_the_composed_probabilities():
+    logits = torch.randn(30, 4, dtype=torch.float64) * 8
+    p = mnn.ESMM.predictions(logits[:, :2])
+    torch.testing.assert_close(torch.sigmoid(mnn.ESMM.task_logits(logits[:, :2])),
+                               torch.stack([p["ctr"], p["ctcvr"]], 1))
+    p2 = mnn.ESM2.predictions(logits)
+    torch.testing.assert_close(torch.sigmoid(mnn.ESM2.task_logits(logits)),
+                               torch.stack([p2["ctr"], p2["ctavr"], p2["ctcvr"]], 1))
 
 
 def test_esm2_without_daction_is_esmm():

@@ -39,7 +39,7 @@ def test_out_of_range_id_names_the_field():
     (torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 2), ValueError, r"sparse_ids must be \[B, 3\]"),
     (torch.zeros(4, 3), torch.zeros(4, 2), TypeError, "sparse_ids must be int32/int64"),
     (torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 1), ValueError, r"dense must be \[B, 2\]"),
-    (torch.zeros(4, 3, dtype=torch.long), torch.zeros(5, 2), ValueError, "batch 4 != dense batch 5"),
+    (torch.zeros(4, 3, dtype=torch.long), torch.zeros(5, 2), ValueError, "disagree on the batch size"),
 ])
 def test_bad_inputs(ids, dense, exc, match):
     with pytest.raises(exc, match=match):

@@ -1,0 +1,184 @@
+"""From a file or a pandas frame to fitted, split tensors: read, check, split, fit the
+preprocessing on the training split, transform every split."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mtlkernels.data import validate
+from mtlkernels.data.errors import DataError
+from mtlkernels.data.preprocess import Preprocessor, Targets, targets
+from mtlkernels.data.schema import SPLIT_ALIASES, SPLIT_NAMES, DataSchema
+from mtlkernels.data.table import TabularData
+
+
+@dataclass
+class MultiTaskData:
+    """A data set ready to train on: the three splits as tensors, the fitted preprocessing (save
+    ``preprocessor.state_dict()`` with a model), and a report of what was read, dropped and
+    imputed (``report``: plain data)."""
+
+    schema: DataSchema
+    preprocessor: Preprocessor
+    splits: dict[str, TabularData]
+    report: dict[str, Any] = field(default_factory=dict)
+    name: str = "data"
+
+    @property
+    def train(self) -> TabularData:
+        return self.splits["train"]
+
+    @property
+    def valid(self) -> TabularData:
+        return self.splits["valid"]
+
+    @property
+    def test(self) -> TabularData:
+        return self.splits["test"]
+
+    def feature_schema(self, embedding_dim: int = 16, *, dense_projection: bool = True):
+        """The ``mtlkernels.nn.FeatureSchema`` of these tensors (vocabulary sizes include the
+        out-of-vocabulary id)."""
+        from mtlkernels.nn.features import BagField, FeatureSchema, SparseField
+
+        pre = self.preprocessor
+        return FeatureSchema(
+            sparse=tuple(SparseField(c, pre.vocab_size(c)) for c in self.schema.sparse),
+            bags=tuple(BagField(m.name, pre.vocab_size(m.name), m.pooling) for m in self.schema.multi_value),
+            dense=tuple(self.schema.dense), embedding_dim=embedding_dim, dense_projection=dense_projection)
+
+    def summary(self) -> list[str]:
+        """Human-readable lines: rows per split, dropped rows by reason, positive rates."""
+        r = self.report
+        lines = [f"{self.name}: {r.get('rows_read', '?')} rows read; " +
+                 ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items())]
+        for reason, count in r.get("dropped", {}).items():
+            lines.append(f"  dropped {count:,} rows: {reason}")
+        for c, count in r.get("dense_missing", {}).items():
+            lines.append(f"  {c}: {count:,} missing values set to the training mean")
+        rates = r.get("positive_rate", {})
+        for task, per in rates.items():
+            lines.append(f"  {task}: positive rate " + ", ".join(f"{k} {v:.2%}" for k, v in per.items()))
+        return lines
+
+
+def read_table(path: str | os.PathLike, fmt: str | None = None) -> pd.DataFrame:
+    """A CSV (any compression pandas infers from the suffix) or a Parquet file as a frame."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    fmt = fmt or ("parquet" if path.endswith((".parquet", ".pq")) else "csv")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'mtlkernels[parquet]'") from None
+        return pd.read_parquet(path)
+    if fmt != "csv":
+        raise DataError(f"{path}: format must be csv or parquet, got {fmt!r}")
+    try:
+        return pd.read_csv(path, skipinitialspace=True, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+
+
+def split_rows(frame: pd.DataFrame, schema: DataSchema) -> dict[str, np.ndarray]:
+    """Row positions of train / valid / test."""
+    sp, n = schema.split, len(frame)
+    if sp.kind == "column":
+        names = frame[sp.column].astype(str).str.strip().str.lower().map(SPLIT_ALIASES)
+        bad = names.isna().to_numpy()
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0]) + 1
+            raise DataError(f"column {sp.column!r}: split value {frame[sp.column].iloc[r - 1]!r} at row {r}; "
+                            f"expected one of {sorted(SPLIT_ALIASES)}")
+        names = names.to_numpy()
+        return {k: np.flatnonzero(names == k) for k in SPLIT_NAMES}
+    if sp.kind == "random":
+        order = np.random.default_rng(sp.seed).permutation(n)
+        cuts = np.round(np.cumsum(sp.fractions)[:2] * n).astype(np.int64)
+        return dict(zip(SPLIT_NAMES, np.split(order, cuts)))
+    t = frame[sp.column]
+    key = pd.to_datetime(t, errors="coerce") if not pd.api.types.is_numeric_dtype(t) else t
+    if key.isna().any():
+        r = int(np.flatnonzero(key.isna().to_numpy())[0]) + 1
+        raise DataError(f"column {sp.column!r}: time {t.iloc[r - 1]!r} at row {r} is missing or not a time")
+    order = np.argsort(key.to_numpy(), kind="stable")
+    sorted_key = key.to_numpy()[order]
+    cuts = []
+    for c in np.round(np.cumsum(sp.fractions)[:2] * n).astype(np.int64):
+        # move each cut forward past rows with the same time, so equal times share a split
+        cuts.append(int(np.searchsorted(sorted_key, sorted_key[c - 1], side="right")) if 0 < c < n else int(c))
+    return dict(zip(SPLIT_NAMES, np.split(order, cuts)))
+
+
+def load_frame(frame: pd.DataFrame, schema: DataSchema, *, name: str = "data") -> MultiTaskData:
+    """Checks ``frame``, splits it, fits the preprocessing on the training rows and returns the
+    tensors of every split. Rows dropped (``missing_labels="drop"``) are counted in the report."""
+    validate.check_columns(frame, schema, name)
+    frame = frame.reset_index(drop=True)
+    tg = targets(frame, schema)
+    report: dict[str, Any] = {"rows_read": len(frame), "dropped": {}}
+    if tg.dropped.any():
+        report["dropped"]["a label missing (missing_labels = \"drop\")"] = int(tg.dropped.sum())
+    rows = {k: v[~tg.dropped[v]] for k, v in split_rows(frame, schema).items()}
+    if len(rows["train"]) == 0:
+        raise DataError(f"{name}: the training split is empty")
+    pre = Preprocessor.fit(frame.iloc[rows["train"]].reset_index(drop=True), schema)
+    splits = {}
+    for k, r in rows.items():
+        part = {}
+        splits[k] = pre.transform(frame.iloc[r].reset_index(drop=True), _take(tg, r), part)
+        report.setdefault("oov_rate", {})[k] = part.get("oov_rate", {})
+        for c, m in part.get("dense_missing", {}).items():
+            report.setdefault("dense_missing", {})[c] = report.get("dense_missing", {}).get(c, 0) + m
+    report["positive_rate"] = positive_rates(schema, splits)
+    return MultiTaskData(schema, pre, splits, report, name)
+
+
+def _take(tg: Targets, rows: np.ndarray) -> Targets:
+    return Targets(tg.labels[rows], tg.observed[rows], None if tg.weights is None else tg.weights[rows],
+                   tg.dropped[rows])
+
+
+def positive_rates(schema: DataSchema, splits: dict[str, TabularData]) -> dict[str, dict[str, float]]:
+    """Share of positives among the observed rows, per binary task and split."""
+    out = {}
+    for k, t in enumerate(schema.tasks):
+        if t.kind != "binary":
+            continue
+        out[t.name] = {}
+        for name, d in splits.items():
+            obs = d.labels[:, k] if d.mask is None else d.labels[d.mask[:, k], k]
+            out[t.name][name] = float(obs.mean()) if obs.numel() else float("nan")
+    return out
+
+
+def load_file(path: str | os.PathLike, schema: DataSchema, fmt: str | None = None) -> MultiTaskData:
+    """``load_frame`` of a CSV or Parquet file."""
+    return load_frame(read_table(path, fmt), schema, name=os.path.basename(os.fspath(path)))
+
+
+def apply_preprocessing(frame: pd.DataFrame, preprocessor: Preprocessor, *, name: str = "data") -> TabularData:
+    """Tensors of a new frame under a saved preprocessing (the evaluation of a trained model on
+    another file): same checks, no split, nothing re-learned."""
+    schema = preprocessor.schema
+    validate.check_columns(frame, schema if schema.split.kind == "random" else _no_split(schema), name)
+    frame = frame.reset_index(drop=True)
+    tg = targets(frame, schema)
+    keep = np.flatnonzero(~tg.dropped)
+    return preprocessor.transform(frame.iloc[keep].reset_index(drop=True), _take(tg, keep))
+
+
+def _no_split(schema: DataSchema) -> DataSchema:
+    import dataclasses
+
+    from mtlkernels.data.schema import Split
+
+    return dataclasses.replace(schema, split=Split())
