@@ -73,6 +73,9 @@ class MultiTaskLoss:
         if weights is not None and weights.shape not in (logits.shape[:1], logits.shape):
             raise ValueError(f"MultiTaskLoss: weights must be [B] or [B, T] = {tuple(logits.shape)}, got "
                              f"{tuple(weights.shape)}")
+        if mask is not None:  # an unobserved label may hold anything (NaN): out of the loss and its gradient
+            labels = torch.where(mask, labels.to(logits.dtype), torch.zeros((), dtype=logits.dtype,
+                                                                            device=logits.device))
         per = self.per_sample(logits, labels)
         coef = None
         if weights is not None:

@@ -119,6 +119,8 @@ class GramMethod(nn.Module):
     ``w = self.gram_weights(G, losses)``, then the shared parameters get ``J^T w`` and the
     others (task heads) the gradient of ``sum_t w_t L_t``.
 
+    ``last_gram`` holds the G of the latest step (float64 ``[T, T]``; for logging).
+
     With ``representation`` (MGDA-UB style), J is taken at that tensor instead (its gradient
     blocks, per-sample inner products summed, as Sener & Koltun's code does) and one backward
     of ``sum_t w_t L_t`` fills every gradient: almost the cost of an EW step.
@@ -132,6 +134,7 @@ class GramMethod(nn.Module):
         blocks = task_gradients(losses, inputs)
         G = gram(blocks)
         check_gram(G)
+        self.last_gram = G.detach()  # for diagnostics (task-gradient cosines), not state
         return blocks, self.gram_weights(G, losses.detach()).to(losses.dtype)
 
     def backward(self, losses: Tensor, shared=None, *, representation: Tensor | None = None) -> Tensor:

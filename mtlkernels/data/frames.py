@@ -41,15 +41,26 @@ class MultiTaskData:
         return self.splits["test"]
 
     def feature_schema(self, embedding_dim: int = 16, *, dense_projection: bool = True):
-        """The ``mtlkernels.nn.FeatureSchema`` of these tensors (vocabulary sizes include the
-        out-of-vocabulary id)."""
-        from mtlkernels.nn.features import BagField, FeatureSchema, SparseField
+        """The ``mtlkernels.nn.FeatureSchema`` of these tensors (see ``Preprocessor.feature_schema``)."""
+        return self.preprocessor.feature_schema(embedding_dim, dense_projection=dense_projection)
 
-        pre = self.preprocessor
-        return FeatureSchema(
-            sparse=tuple(SparseField(c, pre.vocab_size(c)) for c in self.schema.sparse),
-            bags=tuple(BagField(m.name, pre.vocab_size(m.name), m.pooling) for m in self.schema.multi_value),
-            dense=tuple(self.schema.dense), embedding_dim=embedding_dim, dense_projection=dense_projection)
+    def select_tasks(self, names: list[str]) -> "MultiTaskData":
+        """The same data with only the tasks ``names`` (in that order): single-task baselines.
+        A kept task whose funnel parent is dropped keeps its mask and loses the link."""
+        import dataclasses
+
+        all_names = self.schema.task_names
+        unknown = [n for n in names if n not in all_names]
+        if unknown or not names or len(set(names)) != len(names):
+            raise DataError(f"tasks: {names} must be distinct names from {all_names}")
+        idx = [all_names.index(n) for n in names]
+        tasks = tuple(t if t.after in names else dataclasses.replace(t, after=None, conditional=False)
+                      for t in (self.schema.tasks[i] for i in idx))
+        schema = dataclasses.replace(self.schema, tasks=tasks)
+        splits = {k: v.select_tasks(idx) for k, v in self.splits.items()}
+        report = dict(self.report, positive_rate={n: v for n, v in self.report.get("positive_rate", {}).items()
+                                                  if n in names})
+        return MultiTaskData(schema, self.preprocessor, splits, report, self.name)
 
     def summary(self) -> list[str]:
         """Human-readable lines: rows per split, dropped rows by reason, positive rates."""
@@ -124,6 +135,7 @@ def load_frame(frame: pd.DataFrame, schema: DataSchema, *, name: str = "data") -
     validate.check_columns(frame, schema, name)
     frame = frame.reset_index(drop=True)
     tg = targets(frame, schema)
+    check_dense(frame, schema)
     report: dict[str, Any] = {"rows_read": len(frame), "dropped": {}}
     if tg.dropped.any():
         report["dropped"]["a label missing (missing_labels = \"drop\")"] = int(tg.dropped.sum())
@@ -140,6 +152,13 @@ def load_frame(frame: pd.DataFrame, schema: DataSchema, *, name: str = "data") -
             report.setdefault("dense_missing", {})[c] = report.get("dense_missing", {}).get(c, 0) + m
     report["positive_rate"] = positive_rates(schema, splits)
     return MultiTaskData(schema, pre, splits, report, name)
+
+
+def check_dense(frame: pd.DataFrame, schema: DataSchema) -> None:
+    """The dense checks of the preprocessing (numbers, finite, ``log_dense`` >= 0) on the whole
+    frame, so that an error names the row of the file, not of a split."""
+    for c in schema.dense:
+        Preprocessor._dense_raw(frame, c, schema)
 
 
 def _take(tg: Targets, rows: np.ndarray) -> Targets:
@@ -172,6 +191,7 @@ def apply_preprocessing(frame: pd.DataFrame, preprocessor: Preprocessor, *, name
     validate.check_columns(frame, schema if schema.split.kind == "random" else _no_split(schema), name)
     frame = frame.reset_index(drop=True)
     tg = targets(frame, schema)
+    check_dense(frame, schema)
     keep = np.flatnonzero(~tg.dropped)
     return preprocessor.transform(frame.iloc[keep].reset_index(drop=True), _take(tg, keep))
 

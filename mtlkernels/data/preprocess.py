@@ -15,7 +15,7 @@ from mtlkernels.data.schema import DataSchema
 from mtlkernels.data.table import Bags, TabularData
 
 #: bump when the encoding of a frame changes (invalidates caches built on it)
-VERSION = 1
+VERSION = 2
 OOV = 0
 MISSING_TOKEN = "<missing>"
 
@@ -81,8 +81,21 @@ def _weights(frame: pd.DataFrame, schema: DataSchema, labels: np.ndarray) -> np.
     return out
 
 
+def _text(col: pd.Series, fill: str) -> pd.Series:
+    """Cells as strings, ``fill`` where missing. A whole number in a float column (how pandas
+    reads an integer column with a missing value) is written as an integer, so ``3.0`` there
+    and ``3`` in a file without missing values are one token."""
+    text = col.astype(object).where(col.notna(), fill).astype(str)
+    if pd.api.types.is_float_dtype(col.dtype):
+        v = col.to_numpy(np.float64)
+        whole = np.isfinite(v) & (v == np.round(v)) & (np.abs(v) < 2.0 ** 63)
+        if whole.any():
+            text = text.where(~whole, pd.Series(v, index=col.index).where(whole, 0).astype(np.int64).astype(str))
+    return text
+
+
 def _tokens(col: pd.Series) -> pd.Series:
-    return col.astype(object).where(col.notna(), MISSING_TOKEN).astype(str)
+    return _text(col, MISSING_TOKEN)
 
 
 def _vocabulary(values: pd.Series, min_count: int) -> list[str]:
@@ -97,7 +110,7 @@ def _encode(values: pd.Series, vocab: list[str]) -> np.ndarray:
 
 def _bag_tokens(col: pd.Series, separator: str) -> tuple[pd.Series, np.ndarray]:
     """Tokens of a bag column (positions of their rows in the index) and per-row counts."""
-    text = col.astype(object).where(col.notna(), "").astype(str)
+    text = _text(col, "")
     tok = text.str.split(separator, regex=False).explode().str.strip()
     tok = tok[tok != ""]
     rows = tok.index.to_numpy(np.int64)
@@ -126,6 +139,17 @@ class Preprocessor:
             s = float(x.std()) if x.size else 0.0
             std.append(s if s > 0 else 1.0)
         return cls(schema, vocab, mean, std)
+
+    def feature_schema(self, embedding_dim: int = 16, *, dense_projection: bool = True):
+        """The ``mtlkernels.nn.FeatureSchema`` of the tensors this preprocessing produces
+        (vocabulary sizes include the out-of-vocabulary id)."""
+        from mtlkernels.nn.features import BagField, FeatureSchema, SparseField
+
+        s = self.schema
+        return FeatureSchema(
+            sparse=tuple(SparseField(c, self.vocab_size(c)) for c in s.sparse),
+            bags=tuple(BagField(m.name, self.vocab_size(m.name), m.pooling) for m in s.multi_value),
+            dense=tuple(s.dense), embedding_dim=embedding_dim, dense_projection=dense_projection)
 
     def vocab_size(self, field: str) -> int:
         """Embedding rows of a field: its vocabulary plus the out-of-vocabulary id."""

@@ -79,6 +79,14 @@ class TabularData:
         positions = torch.arange(shift.numel(), dtype=torch.long) + shift
         return Bags(values.index_select(0, positions), lengths.index_select(0, index))
 
+    def select_tasks(self, index: list[int]) -> "TabularData":
+        """The same rows with the task columns ``index`` only."""
+        cols = torch.tensor(index, dtype=torch.long)
+        pick = lambda t: None if t is None else t.index_select(1, cols)  # noqa: E731
+        return TabularData(sparse=self.sparse, dense=self.dense, labels=pick(self.labels), bags=self.bags,
+                           mask=pick(self.mask), users=self.users,
+                           weights=self.weights if self.weights is None or self.weights.dim() == 1 else pick(self.weights))
+
     def batches(self, batch_size: int, *, generator: torch.Generator | None = None,
                 start: int = 0) -> Iterator["TabularData"]:
         """Batches of ``batch_size`` rows (the last one may be smaller): a seeded permutation

@@ -1,0 +1,108 @@
+"""Models and balancing methods by name, from the settings of a run (the CLI's ``--model`` and
+``--method``): one place that knows every name."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from mtlkernels import balance
+from mtlkernels import nn as mnn
+from mtlkernels.data.errors import DataError
+
+MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "esm2", "aitm")
+METHODS = ("ew", "uw", "gradnorm", "dwa", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac")
+#: methods that take the task gradients at the shared representation (MGDA-UB style)
+REPRESENTATION_METHODS = ("mgda-ub",)
+
+
+class ConfigError(ValueError):
+    """A setting (flag or config key) that cannot be used; the CLI prints it as one line."""
+
+
+def check_model_fits(name: str, schema) -> None:
+    """Entire-space models need their funnel: ESMM (click, conversion after click), ESM2 (click,
+    DAction and purchase after click), AITM (every task after the previous one, binary)."""
+    tasks = schema.tasks
+    kinds = {t.kind for t in tasks}
+    if name in ("esmm", "esm2", "aitm") and kinds != {"binary"}:
+        raise ConfigError(f"--model {name}: every task must be binary, the data has {[t.kind for t in tasks]}")
+    if name == "esmm" and not (len(tasks) == 2 and tasks[1].after == tasks[0].name and not tasks[1].conditional):
+        raise ConfigError("--model esmm needs 2 tasks: a click and a conversion with after = the click, on the "
+                          f"entire space (not conditional); the data has {schema.task_names}")
+    if name == "esm2" and not (len(tasks) == 3 and all(t.after == tasks[0].name and not t.conditional
+                                                       for t in tasks[1:])):
+        raise ConfigError("--model esm2 needs 3 tasks: click, then DAction and purchase each with after = the "
+                          f"click; the data has {schema.task_names}")
+
+
+def build_model(name: str, features: mnn.FeatureSchema, num_tasks: int, s: dict[str, Any]) -> mnn.WithFeatures:
+    """The model ``name`` fed by a ``FeatureEmbedding`` of ``features``. Settings used: ``experts``,
+    ``expert_hidden``, ``tower_hidden``, ``bottom_hidden``, ``task_experts``, ``shared_experts``,
+    ``levels``, ``dropout``, ``batch_norm``."""
+    d = features.output_dim
+    kw = {"dropout": s["dropout"], "batch_norm": s["batch_norm"]}
+    if name == "shared-bottom":
+        model = mnn.SharedBottom(d, num_tasks, s["bottom_hidden"], s["tower_hidden"], **kw)
+    elif name in ("mmoe", "omoe"):
+        cls = mnn.MMoE if name == "mmoe" else mnn.OMoE
+        model = cls(d, num_tasks, s["experts"], s["expert_hidden"], s["tower_hidden"], **kw)
+    elif name in ("cgc", "ple"):
+        levels = 1 if name == "cgc" else s["levels"]
+        model = mnn.PLE(d, num_tasks, s["task_experts"], s["shared_experts"], s["expert_hidden"],
+                        s["tower_hidden"], num_levels=levels, **kw)
+    elif name == "esmm":
+        model = mnn.ESMM(d, s["bottom_hidden"], **kw)
+    elif name == "esm2":
+        model = mnn.ESM2(d, s["bottom_hidden"], **kw)
+    elif name == "aitm":
+        model = mnn.AITM(d, num_tasks, (*s["bottom_hidden"], s["tower_hidden"][-1]), dropout=s["dropout"])
+    else:
+        raise ConfigError(f"--model: unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return mnn.WithFeatures(mnn.FeatureEmbedding(features), model)
+
+
+def gradnorm_layer(model: mnn.WithFeatures) -> list[nn.Parameter]:
+    """GradNorm's W: the last shared layer (the experts' or the bottom's last layer; the
+    embedding table for models whose only shared part is the embedding)."""
+    inner = model.model
+    if isinstance(inner, mnn.SharedBottom):
+        layer = inner.bottom.layers[-1]
+    elif isinstance(inner, mnn.MMoE):
+        layer = inner.experts.layers[-1]
+    elif isinstance(inner, mnn.PLE):
+        layer = inner.levels[-1].experts.layers[-1]
+    else:
+        return [p for p in model.features.parameters()]
+    return list(layer.parameters())
+
+
+def build_method(name: str, model: mnn.WithFeatures, num_tasks: int, s: dict[str, Any]) -> nn.Module:
+    """The balancing method ``name`` with its paper defaults (see each class); settings used:
+    ``seed`` (PCGrad/GradVac task orders), ``lower_bounds`` (PE-LTR, default ``1 / (2T)`` each)."""
+    if name == "ew":
+        return balance.EW()
+    if name == "uw":
+        return balance.UncertaintyWeighting(num_tasks)
+    if name == "gradnorm":
+        return balance.GradNorm(num_tasks, layer=gradnorm_layer(model))
+    if name == "dwa":
+        return balance.DWA(num_tasks)
+    if name in ("mgda", "mgda-ub"):
+        return balance.MGDA("loss+")
+    if name == "pe-ltr":
+        bounds = s.get("lower_bounds") or [1.0 / (2 * num_tasks)] * num_tasks
+        if len(bounds) != num_tasks:
+            raise ConfigError(f"lower_bounds: {len(bounds)} bounds for {num_tasks} tasks")
+        try:
+            return balance.PELTR(bounds)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if name == "pcgrad":
+        return balance.PCGrad(seed=s["seed"])
+    if name == "gradvac":
+        return balance.GradVac(seed=s["seed"])
+    raise ConfigError(f"--method: unknown method {name!r}; choose from {', '.join(METHODS)}")
+
+
+__all__ = ["ConfigError", "DataError", "METHODS", "MODELS", "build_method", "build_model", "check_model_fits"]

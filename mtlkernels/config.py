@@ -1,0 +1,142 @@
+"""The settings of a training run: defaults, a TOML file, flags, in that order of precedence.
+
+Every setting is a field of ``TrainConfig``; a TOML config uses the same names (``batch-size``
+or ``batch_size``), with the schema of a CSV/Parquet file in its ``[data]`` table (see
+``mtlkernels.data.schema``). ``to_toml()`` writes the resolved settings a run used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+import tomli_w
+
+from mtlkernels.build import METHODS, MODELS, ConfigError
+
+BUILTIN_DATA = ("census", "census2", "synthetic", "recsys")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on what, and how. Defaults are the tuned Census group 1 MMoE (README)."""
+
+    data: str = "census"            # census | census2 | synthetic | recsys | PATH (.csv/.parquet)
+    data_options: dict = field(default_factory=dict)  # [data]: a file's schema; rows/correlation of generators
+    tasks: list = field(default_factory=list)          # train only these tasks (single-task baselines)
+    model: str = "mmoe"
+    method: str = "ew"
+    epochs: int = 12
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    seed: int = 0
+    threads: int = 0                 # 0: torch's default (all cores)
+    patience: int = 3                # epochs without a better validation score before stopping
+    monitor: str = "mean_auc"        # mean_auc | mean_loss | a task name (its AUC, or -MSE for regression)
+    embedding_dim: int = 16
+    dense_projection: bool = False   # project the dense block to one embedding slot, else pass it through
+    experts: int = 8
+    expert_hidden: list = field(default_factory=lambda: [256, 128])
+    tower_hidden: list = field(default_factory=lambda: [64])
+    bottom_hidden: list = field(default_factory=lambda: [256, 128])
+    task_experts: int = 4
+    shared_experts: int = 4
+    levels: int = 2
+    dropout: float = 0.0
+    batch_norm: bool = False
+    lower_bounds: list = field(default_factory=list)  # PE-LTR's per-task lower bounds
+    diagnostics_every: int = 100     # steps between task-gradient cosine samples (0: never)
+    eval_batch_size: int = 16384
+    progress: bool = True
+
+    def __post_init__(self):
+        check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        d = self.to_dict()
+        options = d.pop("data_options")
+        return tomli_w.dumps({**d, "data_options": options} if options else d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls(**normalise(d))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def normalise(d: dict[str, Any]) -> dict[str, Any]:
+    """Keys with dashes become underscores; ``[data]`` becomes ``data_options``; unknown keys are
+    errors naming them."""
+    out = {}
+    for k, v in d.items():
+        k = k.replace("-", "_")
+        if k == "data" and isinstance(v, dict):
+            path = v.get("path")
+            out["data_options"] = {**out.get("data_options", {}), **v}
+            if path is not None:
+                out["data"] = path
+            continue
+        out[k] = v
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(out) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; known: {', '.join(sorted(known))}")
+    return out
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return normalise(tomllib.load(f))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
+
+
+def check(c: TrainConfig) -> None:
+    """Each setting on its own and the combinations that cannot work."""
+    def positive(name, minimum=1):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
+
+    for name in ("epochs", "batch_size", "embedding_dim", "experts", "levels", "eval_batch_size"):
+        positive(name)
+    for name in ("threads", "patience", "diagnostics_every", "task_experts", "shared_experts", "seed"):
+        positive(name, 0)
+    if c.task_experts == 0 and c.shared_experts == 0:
+        raise ConfigError("task-experts and shared-experts cannot both be 0")
+    for name in ("lr",):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
+            raise ConfigError(f"{name} must be a number > 0, got {v!r}")
+    if not (isinstance(c.weight_decay, (int, float)) and c.weight_decay >= 0):
+        raise ConfigError(f"weight-decay must be a number >= 0, got {c.weight_decay!r}")
+    if not (isinstance(c.dropout, (int, float)) and 0 <= c.dropout < 1):
+        raise ConfigError(f"dropout must be in [0, 1), got {c.dropout!r}")
+    for name in ("expert_hidden", "tower_hidden", "bottom_hidden"):
+        v = getattr(c, name)
+        if not isinstance(v, (list, tuple)) or not v or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
+                                                            for w in v):
+            raise ConfigError(f"{name.replace('_', '-')} must be a non-empty list of widths >= 1, got {v!r}")
+    if c.model not in MODELS:
+        raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {c.model!r}")
+    if c.method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {c.method!r}")
+    if c.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    if not isinstance(c.data, str) or not c.data:
+        raise ConfigError(f"data must be one of {', '.join(BUILTIN_DATA)} or a file path, got {c.data!r}")
+    if not isinstance(c.tasks, (list, tuple)) or any(not isinstance(t, str) for t in c.tasks):
+        raise ConfigError(f"tasks must be a list of task names, got {c.tasks!r}")
+    if not isinstance(c.data_options, dict):
+        raise ConfigError(f"[data] must be a table, got {c.data_options!r}")

@@ -1,0 +1,170 @@
+"""The Trainer: every model and method trains, determinism, exact resume after Ctrl-C, the run
+directory, diagnostics, early stopping."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from mtlkernels.build import METHODS, ConfigError
+from mtlkernels.config import TrainConfig
+from mtlkernels.train import Trainer, load_data
+
+SMALL = dict(data="recsys", data_options={"rows": 3000}, epochs=2, batch_size=256, progress=False,
+             embedding_dim=4, experts=3, expert_hidden=[16, 8], tower_hidden=[8], bottom_hidden=[16, 8],
+             task_experts=1, shared_experts=2, diagnostics_every=4)
+TIMING = ("train_seconds", "samples_per_second")
+
+
+def config(**kw) -> TrainConfig:
+    return TrainConfig.from_dict({**SMALL, **kw})
+
+
+def without_timing(m):
+    m = json.loads(json.dumps(m))
+    for e in m["epochs"]:
+        for k in TIMING:
+            e.pop(k)
+    return m
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_reports(method, tmp_path):
+    m = Trainer(config(method=method, epochs=1), run_dir=str(tmp_path)).fit()
+    test = m["final"]["test"]
+    assert set(m["tasks"]) == {"click", "like", "comment", "share", "conversion"}
+    for t in m["tasks"]:
+        assert 0 <= test[t]["auc"] <= 1 or math.isnan(test[t]["auc"])
+        assert math.isfinite(test[t]["logloss"])
+    assert all(math.isfinite(w) for w in m["epochs"][0]["weights"])
+    for f in ("config.toml", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt",
+              "plots/loss.png", "plots/auc.png", "plots/task_weights.png", "plots/gradient_cosine.png",
+              "plots/calibration.png"):
+        assert os.path.getsize(tmp_path / f) > 0, f
+
+
+@pytest.mark.parametrize("model,tasks", [("shared-bottom", []), ("omoe", []), ("mmoe", []), ("cgc", []), ("ple", []),
+                                         ("esmm", ["click", "conversion"]), ("esm2", ["click", "like", "conversion"]),
+                                         ("aitm", ["click", "conversion"])])
+def test_every_model_trains(model, tasks):
+    m = Trainer(config(model=model, tasks=tasks, epochs=1)).fit()
+    assert m["tasks"] == (tasks or m["tasks"])
+    assert all(math.isfinite(m["final"]["valid"][t]["loss"]) for t in m["tasks"])
+
+
+def test_entire_space_models_refuse_data_without_their_funnel():
+    with pytest.raises(ConfigError, match="esmm needs 2 tasks"):
+        Trainer(config(model="esmm"))
+    with pytest.raises(ConfigError, match="esm2 needs 3 tasks"):
+        Trainer(config(model="esm2", tasks=["click", "conversion"]))
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    a = without_timing(Trainer(config(dropout=0.1, method="pcgrad")).fit())
+    b = without_timing(Trainer(config(dropout=0.1, method="pcgrad")).fit())
+    c = without_timing(Trainer(config(dropout=0.1, method="pcgrad", seed=1)).fit())
+    assert a == b
+    assert a["final"] != c["final"]
+
+
+@pytest.mark.parametrize("method,stop_at", [("pcgrad", 5), ("dwa", 12), ("gradnorm", 16), ("uw", 1)])
+def test_ctrl_c_then_resume_is_bit_exact(method, stop_at, tmp_path, monkeypatch):
+    """An interrupted run (a real SIGINT in the middle of a step) resumed from its last
+    checkpoint ends with exactly the metrics and weights of an uninterrupted run."""
+    cfg = config(method=method, dropout=0.1, epochs=3)
+    full = Trainer(cfg, run_dir=str(tmp_path / "full"))
+    reference = without_timing(full.fit())
+
+    step = Trainer.step
+
+    def interrupting_step(self, b):
+        out = step(self, b)
+        if self.position["global_step"] + 1 == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "step", interrupting_step)
+    run = str(tmp_path / "cut")
+    m = Trainer(cfg, run_dir=run).fit()
+    assert m["interrupted"] is True
+    assert json.load(open(os.path.join(run, "metrics.json")))["interrupted"] is True
+    monkeypatch.setattr(Trainer, "step", step)
+    resumed = Trainer.resume(run)
+    assert resumed.position["global_step"] == stop_at
+    final = without_timing(resumed.fit())
+    assert final["final"] == reference["final"]
+    assert final["epochs"] == reference["epochs"]
+    assert final["diagnostics"] == reference["diagnostics"]
+    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_finished_run_does_not_resume(tmp_path):
+    Trainer(config(epochs=1), run_dir=str(tmp_path)).fit()
+    with pytest.raises(ConfigError, match="finished"):
+        Trainer.resume(str(tmp_path))
+
+
+def test_diagnostics_are_cosines_of_the_task_gradients():
+    for method in ("ew", "mgda"):
+        t = Trainer(config(method=method, epochs=1, diagnostics_every=3))
+        m = t.fit()
+        diag = m["diagnostics"]
+        assert [d["step"] for d in diag] == list(range(3, 3 * len(diag) + 1, 3)) and diag
+        for d in diag:
+            cos = torch.tensor(d["cosine"])
+            assert cos.shape == (5, 5)
+            torch.testing.assert_close(torch.diagonal(cos), torch.ones(5), atol=1e-6, rtol=0)
+            assert torch.all(cos.abs() <= 1) and torch.equal(cos, cos.T)
+
+
+def test_ew_diagnostic_gram_matches_the_per_task_gradients():
+    t = Trainer(config(epochs=1, diagnostics_every=1))
+    b = next(t.data.train.batches(64))
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in t.model.state_dict().items()}
+    losses, weights, logits, G = t.step(b)
+    t.model.load_state_dict(state)
+    t.model.train()
+    torch.manual_seed(0)
+    out = t.model(b.sparse, b.dense, b.bags)
+    per_task = t.loss_fn(t.model.task_logits(out), b.labels, b.mask, b.weights)
+    params = list(t.model.shared_parameters())
+    J = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(per_task[k], params, retain_graph=True,
+                                                                           allow_unused=False)])
+                     for k in range(5)]).double()
+    torch.testing.assert_close(G, J @ J.T, rtol=1e-5, atol=1e-12)
+
+
+def test_early_stopping_stops_after_patience_bad_epochs():
+    m = Trainer(config(epochs=8, patience=0, lr=0.05)).fit()
+    scores = [e["monitor"] for e in m["epochs"]]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    assert m["best"]["epoch"] == best + 1
+    if len(scores) < 8:  # stopped early: the epoch after the best one did not improve
+        assert len(scores) == best + 2 and scores[-1] <= scores[best]
+
+
+def test_regression_tasks_use_mse_and_the_loss_monitor(tmp_path):
+    m = Trainer(TrainConfig(data="synthetic", data_options={"rows": 2000}, epochs=2, progress=False,
+                            expert_hidden=[16], tower_hidden=[8], experts=2), run_dir=str(tmp_path)).fit()
+    assert m["monitor"] == "mean_loss"
+    assert set(m["final"]["test"]["y1"]) >= {"mse", "loss"}
+    assert os.path.getsize(tmp_path / "plots" / "mse.png") > 0
+
+
+def test_single_task_baseline_keeps_one_task():
+    m = Trainer(config(tasks=["like"], epochs=1)).fit()
+    assert m["tasks"] == ["like"]
+    assert not m["diagnostics"]
+
+
+def test_bad_monitor_and_tasks():
+    with pytest.raises(ConfigError, match="monitor must be"):
+        Trainer(config(monitor="ctr"))
+    with pytest.raises(ValueError, match="tasks"):
+        load_data(config(tasks=["nope"]))
