@@ -57,7 +57,7 @@ LABELS = {
 GROUPS = {1: ("income", "never_married"), 2: ("education", "never_married")}
 SPLIT_SEED = 0
 #: bump when this file's protocol changes (invalidates the cache)
-PROTOCOL = 1
+PROTOCOL = 2
 
 
 def schema(group: int = 1, *, sample_weight: bool = False) -> DataSchema:
@@ -67,7 +67,7 @@ def schema(group: int = 1, *, sample_weight: bool = False) -> DataSchema:
     tasks = GROUPS[group]
     excluded = {LABELS[t][0] for t in tasks} | {"instance_weight"}
     sparse = tuple(c for c in COLUMNS if c not in excluded and c not in DENSE)
-    return DataSchema(tasks=tuple(Task(t) for t in tasks), sparse=sparse, dense=DENSE, log_dense=LOG_DENSE,
+    return DataSchema(tasks=tuple(Task(t, column=f"{t}_label") for t in tasks), sparse=sparse, dense=DENSE, log_dense=LOG_DENSE,
                       weight="instance_weight" if sample_weight else None, split=Split("column", "split"))
 
 
@@ -86,7 +86,7 @@ def read_frame(group: int = 1) -> pd.DataFrame:
     frame = pd.concat([train, rest], ignore_index=True)
     for t in GROUPS[group]:
         source, rule = LABELS[t]
-        frame[t] = rule(frame[source]).astype(np.int64)
+        frame[f"{t}_label"] = rule(frame[source]).astype(np.int64)
     return frame
 
 

@@ -58,7 +58,7 @@ def targets(frame: pd.DataFrame, schema: DataSchema) -> Targets:
         if t.after is not None:
             parent = schema.tasks[names.index(t.after)]
             validate.funnel(raw[t.name], raw[t.after], t.label_column, parent.label_column,
-                            observed[t.name] & ~drop)
+                            observed[t.name] & observed[t.after] & ~drop)
     labels = np.stack([np.where(observed[k], raw[k], 0.0) for k in names], 1)
     obs = np.stack([observed[k] for k in names], 1)
     return Targets(labels, obs, _weights(frame, schema, labels), drop)
