@@ -3,7 +3,7 @@ runs already finished in the output directory, so it can be stopped and started 
 prints mean +- std over the seeds of each task's test AUC (uAUC where the data has users, MSE
 for regression tasks).
 
-    .venv/bin/python bench/reproduce.py SUITE [--seeds 0,1,2] [--out runs/reproduce] [--threads 2]
+    .venv/bin/python bench/reproduce.py SUITE [--seeds 0,1,2] [--only REGEX] [--out runs/reproduce] [--threads 2]
 
 Suites: census-models (Census groups 1 and 2: Shared-Bottom, OMoE, MMoE, CGC, PLE, AITM under
 EW), census-methods (group 1 MMoE under every balancing method), single-task (one model per
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 
 from mtlkernels.config import TrainConfig
@@ -57,10 +58,13 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", default=None, help="run only the rows whose label matches this regular expression")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for label, settings in suite(args.suite):
+        if args.only and not re.search(args.only, label):
+            continue
         results = []
         for seed in seeds:
             d = run_dir(args.out, label, seed)

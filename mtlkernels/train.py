@@ -124,6 +124,7 @@ class Trainer:
                          "bad_epochs": 0, "finished": False}
         self.history: dict[str, Any] = {"epochs": [], "diagnostics": []}
         self.acc = self._new_acc()
+        self.best_model: dict[str, Tensor] | None = None  # weights of the best validation epoch
         self._stop = False
 
     # ------------------------------------------------------------------ training
@@ -220,9 +221,11 @@ class Trainer:
                  "weights": (a["weight_sum"] / a["steps"]).tolist(),
                  "train_seconds": a["seconds"], "samples_per_second": a["rows"] / max(a["seconds"], 1e-9)}
         self.history["epochs"].append(entry)
+        self._log_epoch(entry)
         improved = score > pos["best"]
         if improved:
             pos["best"], pos["best_epoch"], pos["bad_epochs"] = score, pos["epoch"], 0
+            self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
             pos["bad_epochs"] += 1
         pos["step"] = 0
@@ -234,6 +237,21 @@ class Trainer:
                 self.save(self._ckpt("best"))
             self.save(self._ckpt("last"))
             self.write_metrics()
+
+    def _log_epoch(self, e: dict[str, Any]) -> None:
+        """One line per epoch: training losses, validation scores, speed."""
+        def score(m):
+            return f"AUC {m['auc']:.4f}" if "auc" in m else f"MSE {m['mse']:.4f}"
+
+        tasks = "  ".join(f"{n} {e['train'][n]['loss']:.4f}/{score(e['valid'][n])}" for n in self.names)
+        line = (f"epoch {e['epoch']}/{self.config.epochs}  loss/valid: {tasks}  | {self.monitor} "
+                f"{e['monitor']:.4f} | {e['train_seconds']:.1f} s, {e['samples_per_second']:,.0f} samples/s")
+        if self.config.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
 
     def fit(self) -> dict[str, Any]:
         """Trains until ``epochs`` or early stopping, then scores the best epoch's model on the
@@ -277,8 +295,8 @@ class Trainer:
         return m
 
     def _final(self) -> dict[str, Any]:
-        if self.run_dir and os.path.exists(self._ckpt("best")):
-            self.model.load_state_dict(torch.load(self._ckpt("best"), weights_only=False)["model"])
+        if self.best_model is not None:
+            self.model.load_state_dict(self.best_model)
         final = {}
         for split in ("valid", "test"):
             final[split], losses = self.evaluate(self.data.splits[split], reliability=True)
@@ -368,6 +386,8 @@ class Trainer:
                             "run started with (the file changed?)")
         t = cls(config, data, run_dir)
         t.load_state_dict(s)
+        if t.position["best_epoch"] is not None:
+            t.best_model = read_checkpoint(run_dir, "best")["model"]
         if t.position["finished"] and t.history.get("final") is not None:
             raise ConfigError(f"--resume {run_dir}: the run has finished; nothing to resume")
         return t
