@@ -30,6 +30,11 @@ def check_model_fits(name: str, schema) -> None:
     if name == "esmm" and not (len(tasks) == 2 and tasks[1].after == tasks[0].name and not tasks[1].conditional):
         raise ConfigError("--model esmm needs 2 tasks: a click and a conversion with after = the click, on the "
                           f"entire space (not conditional); the data has {schema.task_names}")
+    if name == "aitm" and any(tasks[k].after != tasks[k - 1].name or tasks[k].conditional
+                              for k in range(1, len(tasks))):
+        raise ConfigError("--model aitm needs a funnel: every task after the previous one (after = its name, on "
+                          f"the entire space); the data has {schema.task_names} with after = "
+                          f"{[t.after for t in tasks]}")
     if name == "esm2" and not (len(tasks) == 3 and all(t.after == tasks[0].name and not t.conditional
                                                        for t in tasks[1:])):
         raise ConfigError("--model esm2 needs 3 tasks: click, then DAction and purchase each with after = the "
@@ -73,7 +78,11 @@ def gradnorm_layer(model: mnn.WithFeatures) -> list[nn.Parameter]:
     elif isinstance(inner, mnn.PLE):
         layer = inner.levels[-1].experts.layers[-1]
     else:
-        return [p for p in model.features.parameters()]
+        params = list(model.features.parameters())
+        if not params:
+            raise ConfigError("--method gradnorm: the model has no shared layer to balance at (this model shares only "
+                              "its embeddings, and the data has none)")
+        return params
     return list(layer.parameters())
 
 

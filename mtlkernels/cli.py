@@ -130,7 +130,9 @@ def _train_config(args):
         if v is not None:
             settings[name] = v
     if args.tasks is not None:
-        settings["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        settings["tasks"] = [t.strip() for t in args.tasks.split(",")]
+        if not all(settings["tasks"]):
+            raise ConfigError(f"--tasks must be comma-separated task names, got {args.tasks!r}")
     if args.no_progress:
         settings["progress"] = False
     return TrainConfig.from_dict(settings)
@@ -169,7 +171,7 @@ def _report(m: dict) -> None:
             print("\n".join(_table(f"{split}:", final[split], m["tasks"])))
     elif m["epochs"]:
         e = m["epochs"][-1]
-        print("\n".join(_table(f"validation after epoch {e['epoch']} (stopped early, no test score):",
+        print("\n".join(_table(f"validation after epoch {e['epoch']} (interrupted: no test score yet):",
                                e["valid"], m["tasks"])))
 
 
@@ -186,6 +188,10 @@ def _cmd_train(args) -> int:
         out = args.out or _default_out(config)
         if os.path.exists(os.path.join(out, "checkpoints", "last.pt")):
             raise ConfigError(f"--out {out} already holds a run; --resume {out} to continue it, or choose another --out")
+        try:  # before the data loads: an unusable --out fails at once
+            os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {out}: cannot create the run directory ({exc.strerror or exc})") from None
         from mtlkernels.train import load_data
 
         data = load_data(config)
@@ -207,6 +213,8 @@ def _cmd_evaluate(args) -> int:
     from mtlkernels.scoring import evaluate_run
 
     result = evaluate_run(args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint)
+    for line in result["notes"]:
+        print(line)
     print("\n".join(_table(f"{result['source']} ({args.checkpoint} checkpoint):", result["metrics"],
                            result["tasks"])))
     if args.json:
@@ -264,6 +272,10 @@ def main(argv=None) -> int:
         return args.fn(args)
     except (ConfigError, DataError) as exc:
         print(f"mtlkernels {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the command must read or write
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"mtlkernels {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

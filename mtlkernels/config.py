@@ -13,6 +13,7 @@ from typing import Any
 
 import tomli_w
 
+from mtlkernels._types import check_fields
 from mtlkernels.build import METHODS, MODELS, ConfigError
 
 BUILTIN_DATA = ("census", "census2", "synthetic", "recsys")
@@ -102,8 +103,18 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid TOML ({exc})") from None
 
 
+MAX_SEED = 2 ** 32 - 1
+
+
 def check(c: TrainConfig) -> None:
     """Each setting on its own and the combinations that cannot work."""
+    check_fields(c, "", ConfigError, dashes=True)
+    if c.seed > MAX_SEED:
+        raise ConfigError(f"seed must be at most {MAX_SEED}, got {c.seed}")
+    if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0 for b in c.lower_bounds):
+        raise ConfigError(f"lower-bounds must be numbers >= 0, got {c.lower_bounds!r}")
+    if c.lower_bounds and c.method != "pe-ltr":
+        raise ConfigError(f"lower-bounds applies to --method pe-ltr only, got --method {c.method}")
     def positive(name, minimum=1):
         v = getattr(c, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -115,13 +126,11 @@ def check(c: TrainConfig) -> None:
         positive(name, 0)
     if c.task_experts == 0 and c.shared_experts == 0:
         raise ConfigError("task-experts and shared-experts cannot both be 0")
-    for name in ("lr",):
-        v = getattr(c, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
-            raise ConfigError(f"{name} must be a number > 0, got {v!r}")
-    if not (isinstance(c.weight_decay, (int, float)) and c.weight_decay >= 0):
+    if not c.lr > 0:
+        raise ConfigError(f"lr must be a number > 0, got {c.lr!r}")
+    if not c.weight_decay >= 0:
         raise ConfigError(f"weight-decay must be a number >= 0, got {c.weight_decay!r}")
-    if not (isinstance(c.dropout, (int, float)) and 0 <= c.dropout < 1):
+    if not 0 <= c.dropout < 1:
         raise ConfigError(f"dropout must be in [0, 1), got {c.dropout!r}")
     for name in ("expert_hidden", "tower_hidden", "bottom_hidden"):
         v = getattr(c, name)
@@ -134,9 +143,7 @@ def check(c: TrainConfig) -> None:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {c.method!r}")
     if c.optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
-    if not isinstance(c.data, str) or not c.data:
+    if not c.data:
         raise ConfigError(f"data must be one of {', '.join(BUILTIN_DATA)} or a file path, got {c.data!r}")
-    if not isinstance(c.tasks, (list, tuple)) or any(not isinstance(t, str) for t in c.tasks):
+    if any(not isinstance(t, str) or not t for t in c.tasks):
         raise ConfigError(f"tasks must be a list of task names, got {c.tasks!r}")
-    if not isinstance(c.data_options, dict):
-        raise ConfigError(f"[data] must be a table, got {c.data_options!r}")

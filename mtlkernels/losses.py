@@ -59,6 +59,24 @@ class MultiTaskLoss:
         bce = F.binary_cross_entropy_with_logits(safe, torch.where(reg, 0.0, labels), reduction="none")
         return torch.where(reg, (logits - labels).square(), bce)
 
+    @staticmethod
+    def coefficients(like: Tensor, mask: Tensor | None, weights: Tensor | None) -> Tensor | None:
+        """``[B, T]`` ``m_it w_it`` in ``like``'s dtype, or None when every sample counts 1."""
+        coef = None
+        if weights is not None:
+            coef = weights.to(like.dtype)
+            coef = coef[:, None].expand_as(like) if coef.dim() == 1 else coef
+        if mask is not None:
+            coef = mask.to(like.dtype) if coef is None else coef * mask
+        return coef
+
+    def total_weight(self, labels: Tensor, mask: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+        """``[T]`` ``sum_i m_it w_it``: the denominator of each task's mean (to average the losses
+        of several batches the way one large batch would)."""
+        coef = self.coefficients(labels.double(), mask, weights)
+        return coef.sum(0) if coef is not None else torch.full((labels.shape[1],), float(labels.shape[0]),
+                                                               dtype=torch.float64, device=labels.device)
+
     def __call__(self, logits: Tensor, labels: Tensor, mask: Tensor | None = None,
                  weights: Tensor | None = None) -> Tensor:
         T = len(self.kinds)
@@ -77,12 +95,7 @@ class MultiTaskLoss:
             labels = torch.where(mask, labels.to(logits.dtype), torch.zeros((), dtype=logits.dtype,
                                                                             device=logits.device))
         per = self.per_sample(logits, labels)
-        coef = None
-        if weights is not None:
-            coef = weights.to(per.dtype)
-            coef = coef[:, None].expand_as(per) if coef.dim() == 1 else coef
-        if mask is not None:
-            coef = mask.to(per.dtype) if coef is None else coef * mask
+        coef = self.coefficients(per, mask, weights)
         if coef is None:
             losses = per.mean(0)
         else:

@@ -21,14 +21,23 @@ def evaluate_run(run_dir: str, *, data: str | None = None, split: str = "test",
 
     s = read_checkpoint(run_dir, checkpoint)
     config = TrainConfig.from_dict(s["config"]).replace(progress=False)
+    notes: list[str] = []
     if data is None or data == config.data:
         md = load_data(config)
+        if md.preprocessor.state_dict() != s["preprocessor"]:
+            raise DataError(f"{run_dir}: its data ({config.data}) no longer gives the preprocessing the model was "
+                            "trained with (the file changed?); score a file with --data FILE instead")
         table, source = md.splits[split], f"{config.data} {split}"
     else:
         if not os.path.exists(data):
             raise ConfigError(f"--data {data}: no such file (evaluate takes the run's own data or a file)")
         pre = Preprocessor.from_state(s["preprocessor"])
-        table = apply_preprocessing(read_table(data), pre, name=data)
+        report: dict = {}
+        table = apply_preprocessing(read_table(data, schema=pre.schema), pre, name=data, report=report)
+        notes = [f"{data}: {report['rows_read']:,} rows read"]
+        notes += [f"  dropped {n:,} rows: {why}" for why, n in report["dropped"].items()]
+        notes += [f"  {c}: {n:,} missing values set to the training mean" for c, n in
+                  report.get("dense_missing", {}).items()]
         all_names = pre.schema.task_names
         table = table.select_tasks([all_names.index(n) for n in s["tasks"]])
         md, source = None, data
@@ -37,7 +46,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, split: str = "test",
     metrics, losses = trainer.evaluate(table)
     for n in trainer.names:
         metrics[n]["loss"] = losses[n]
-    return {"run": run_dir, "source": source, "tasks": trainer.names, "metrics": metrics}
+    return {"run": run_dir, "source": source, "tasks": trainer.names, "metrics": metrics, "notes": notes}
 
 
 def _data_for(config: TrainConfig, s: dict[str, Any]):

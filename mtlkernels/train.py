@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtlkernels._types import check_value
 from mtlkernels.balance import task_gradients
 from mtlkernels.balance.base import GramMethod, shared_list
 from mtlkernels.build import REPRESENTATION_METHODS, ConfigError, build_method, build_model, check_model_fits
@@ -56,6 +57,8 @@ def load_data(config: TrainConfig) -> MultiTaskData:
         unknown = sorted(set(opts) - set(allowed))
         if unknown:
             raise ConfigError(f"[data] for --data {name}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+        for k, v in opts.items():
+            check_value(f"[data] {k}", v, allowed[k], ConfigError)
         return {k: opts.get(k, v) for k, v in allowed.items()}
 
     if name in ("census", "census2"):
@@ -72,6 +75,22 @@ def load_data(config: TrainConfig) -> MultiTaskData:
                               "sparse, dense, ... (see the README)")
         data = load_file(name, DataSchema.from_dict(opts), opts.get("format"))
     return data.select_tasks(list(config.tasks)) if config.tasks else data
+
+
+def check_trainable(data: MultiTaskData) -> None:
+    """Training needs rows in every split and both classes of each binary task in training."""
+    empty = [k for k, v in data.splits.items() if len(v) == 0]
+    if empty:
+        raise DataError(f"{data.name}: the {' and '.join(empty)} split(s) are empty "
+                        f"({', '.join(f'{k} {len(v):,}' for k, v in data.splits.items())} rows); give more rows or "
+                        "other split fractions")
+    train = data.train
+    for k, t in enumerate(data.schema.tasks):
+        y = train.labels[:, k] if train.mask is None else train.labels[train.mask[:, k], k]
+        if t.kind == "binary" and (y.numel() == 0 or bool(y.min() == y.max())):
+            what = "no observed label" if y.numel() == 0 else f"only the label {float(y[0]):g}"
+            raise DataError(f"column {t.label_column!r}: the training split has {what} for binary task "
+                            f"{t.name!r}; it cannot be learned")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -130,7 +149,8 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def _new_acc(self) -> dict[str, Any]:
         T = len(self.names)
-        return {"loss_sum": torch.zeros(T, dtype=torch.float64), "weight_sum": torch.zeros(T, dtype=torch.float64),
+        return {"loss_sum": torch.zeros(T, dtype=torch.float64), "loss_weight": torch.zeros(T, dtype=torch.float64),
+                "weight_sum": torch.zeros(T, dtype=torch.float64),
                 "rows": 0, "steps": 0, "logits": [], "labels": [], "mask": [], "seconds": 0.0}
 
     def _forward(self, b: TabularData):
@@ -162,7 +182,9 @@ class Trainer:
 
     def _record(self, b: TabularData, losses: Tensor, weights: Tensor, logits: Tensor, G: Tensor | None) -> None:
         a, n = self.acc, len(b)
-        a["loss_sum"] += losses.double() * n
+        w = self.loss_fn.total_weight(b.labels, b.mask, b.weights)
+        a["loss_sum"] += losses.double() * w
+        a["loss_weight"] += w
         a["weight_sum"] += weights.double().cpu()
         a["rows"] += n
         a["steps"] += 1
@@ -192,7 +214,7 @@ class Trainer:
                 bar.update(1)
                 if pos["step"] % POSTFIX_EVERY == 0 or pos["step"] == total:
                     elapsed = self.acc["seconds"] + time.perf_counter() - t0
-                    mean = (self.acc["loss_sum"] / max(self.acc["rows"], 1)).tolist()
+                    mean = (self.acc["loss_sum"] / self.acc["loss_weight"].clamp_min(1e-300)).tolist()
                     bar.set_postfix_str(" ".join(f"{n} {v:.4f}" for n, v in zip(self.names, mean)) +
                                         f" | {self.acc['rows'] / max(elapsed, 1e-9):,.0f} samples/s", refresh=False)
                 if self._stop and pos["step"] < total:
@@ -211,11 +233,14 @@ class Trainer:
                                  dense=torch.zeros(len(train_logits), 0), labels=torch.cat(a["labels"]),
                                  mask=None if a["mask"][0] is None else torch.cat(a["mask"]))
         train = task_metrics(train_logits, train_rows, self.kinds, self.names)
-        train_loss = (a["loss_sum"] / a["rows"]).tolist()
+        train_loss = (a["loss_sum"] / a["loss_weight"].clamp_min(1e-300)).tolist()
         for n, v in zip(self.names, train_loss):
             train[n]["loss"] = v
         valid, valid_loss = self.evaluate(self.data.valid)
         score = monitor_value(self.monitor, valid, valid_loss)
+        if math.isnan(score):
+            raise DataError(f"monitor {self.monitor}: NaN on the validation split ({len(self.data.valid):,} rows): no "
+                            "task has both classes there; give more validation rows or --monitor mean_loss")
         pos["epoch"] += 1
         entry = {"epoch": pos["epoch"], "train": train, "valid": valid, "monitor": score,
                  "weights": (a["weight_sum"] / a["steps"]).tolist(),
@@ -259,6 +284,7 @@ class Trainer:
         Ctrl-C, returns the report so far with ``"interrupted": True``."""
         from tqdm.auto import tqdm
 
+        check_trainable(self.data)
         if self.run_dir:
             self._prepare_run_dir()
         bar_factory = lambda **kw: tqdm(unit="batch", dynamic_ncols=True, leave=False,  # noqa: E731
@@ -295,6 +321,8 @@ class Trainer:
         return m
 
     def _final(self) -> dict[str, Any]:
+        if self.run_dir:  # last.pt keeps the last step's weights; the final scores are the best epoch's
+            self.save(self._ckpt("last"))
         if self.best_model is not None:
             self.model.load_state_dict(self.best_model)
         final = {}
@@ -305,7 +333,6 @@ class Trainer:
         self.history["final"] = final
         m = self.metrics()
         if self.run_dir:
-            self.save(self._ckpt("last"))
             self.write_metrics(m)
         return m
 
@@ -388,8 +415,11 @@ class Trainer:
         t.load_state_dict(s)
         if t.position["best_epoch"] is not None:
             t.best_model = read_checkpoint(run_dir, "best")["model"]
-        if t.position["finished"] and t.history.get("final") is not None:
-            raise ConfigError(f"--resume {run_dir}: the run has finished; nothing to resume")
+        metrics_path = os.path.join(run_dir, "metrics.json")
+        if t.position["finished"] and os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                if json.load(f).get("final") is not None:
+                    raise ConfigError(f"--resume {run_dir}: the run has finished; nothing to resume")
         return t
 
 

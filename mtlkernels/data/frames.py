@@ -77,8 +77,23 @@ class MultiTaskData:
         return lines
 
 
-def read_table(path: str | os.PathLike, fmt: str | None = None) -> pd.DataFrame:
-    """A CSV (any compression pandas infers from the suffix) or a Parquet file as a frame."""
+#: cells read as missing in the numeric columns of a CSV (labels, dense, weights); in categorical
+#: columns only an empty cell is missing
+NUMERIC_MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
+
+
+def categorical_columns(schema: DataSchema) -> list[str]:
+    """Columns read as text, never type-guessed ("007" stays "007", "NA" stays "NA")."""
+    cols = list(schema.sparse) + [m.name for m in schema.multi_value] + [c for c in (schema.user,) if c]
+    if schema.split.kind == "column":
+        cols.append(schema.split.column)
+    return cols
+
+
+def read_table(path: str | os.PathLike, fmt: str | None = None, schema: DataSchema | None = None) -> pd.DataFrame:
+    """A CSV (any compression pandas infers from the suffix) or a Parquet file as a frame. With a
+    ``schema``, its categorical columns are read as text (only an empty cell is missing), so the
+    same value gives the same token in every file."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
@@ -88,15 +103,26 @@ def read_table(path: str | os.PathLike, fmt: str | None = None) -> pd.DataFrame:
             import pyarrow  # noqa: F401
         except ImportError:
             raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'mtlkernels[parquet]'") from None
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
     if fmt != "csv":
         raise DataError(f"{path}: format must be csv or parquet, got {fmt!r}")
     try:
-        return pd.read_csv(path, skipinitialspace=True, low_memory=False)
+        if schema is None:
+            return pd.read_csv(path, skipinitialspace=True, low_memory=False)
+        text = set(categorical_columns(schema))
+        header = pd.read_csv(path, nrows=0, skipinitialspace=True).columns
+        missing = {c: [""] if c in text else list(NUMERIC_MISSING) for c in header}
+        return pd.read_csv(path, skipinitialspace=True, low_memory=False, dtype={c: str for c in text if c in header},
+                           keep_default_na=False, na_values=missing)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def split_rows(frame: pd.DataFrame, schema: DataSchema) -> dict[str, np.ndarray]:
@@ -140,8 +166,6 @@ def load_frame(frame: pd.DataFrame, schema: DataSchema, *, name: str = "data") -
     if tg.dropped.any():
         report["dropped"]["a label missing (missing_labels = \"drop\")"] = int(tg.dropped.sum())
     rows = {k: v[~tg.dropped[v]] for k, v in split_rows(frame, schema).items()}
-    if len(rows["train"]) == 0:
-        raise DataError(f"{name}: the training split is empty")
     pre = Preprocessor.fit(frame.iloc[rows["train"]].reset_index(drop=True), schema)
     splits = {}
     for k, r in rows.items():
@@ -181,19 +205,25 @@ def positive_rates(schema: DataSchema, splits: dict[str, TabularData]) -> dict[s
 
 def load_file(path: str | os.PathLike, schema: DataSchema, fmt: str | None = None) -> MultiTaskData:
     """``load_frame`` of a CSV or Parquet file."""
-    return load_frame(read_table(path, fmt), schema, name=os.path.basename(os.fspath(path)))
+    return load_frame(read_table(path, fmt, schema), schema, name=os.path.basename(os.fspath(path)))
 
 
-def apply_preprocessing(frame: pd.DataFrame, preprocessor: Preprocessor, *, name: str = "data") -> TabularData:
+def apply_preprocessing(frame: pd.DataFrame, preprocessor: Preprocessor, *, name: str = "data",
+                        report: dict | None = None) -> TabularData:
     """Tensors of a new frame under a saved preprocessing (the evaluation of a trained model on
-    another file): same checks, no split, nothing re-learned."""
+    another file): same checks, no split, nothing re-learned. Rows dropped by the
+    missing-label policy and missing dense values set to the training mean are counted in
+    ``report`` (``rows_read``, ``dropped``, ``dense_missing``, ``oov_rate``)."""
     schema = preprocessor.schema
     validate.check_columns(frame, schema if schema.split.kind == "random" else _no_split(schema), name)
     frame = frame.reset_index(drop=True)
     tg = targets(frame, schema)
     check_dense(frame, schema)
     keep = np.flatnonzero(~tg.dropped)
-    return preprocessor.transform(frame.iloc[keep].reset_index(drop=True), _take(tg, keep))
+    if report is not None:
+        report["rows_read"] = len(frame)
+        report["dropped"] = {"a label missing (missing_labels = \"drop\")": int(tg.dropped.sum())} if tg.dropped.any() else {}
+    return preprocessor.transform(frame.iloc[keep].reset_index(drop=True), _take(tg, keep), report)
 
 
 def _no_split(schema: DataSchema) -> DataSchema:

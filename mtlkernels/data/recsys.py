@@ -41,8 +41,9 @@ def _sigmoid(z):
 
 def recsys_frame(rows: int = 200_000, *, users: int = 5_000, items: int = 2_000, seed: int = 0) -> pd.DataFrame:
     """One row per impression, sorted by time; deterministic for a seed."""
-    if rows < 1 or users < 2 or items < 2:
-        raise DataError(f"recsys generator: rows >= 1, users >= 2, items >= 2 needed, got {rows}, {users}, {items}")
+    if rows < 1 or users < 2 or items < 2 or seed < 0:
+        raise DataError(f"recsys generator: rows >= 1, users >= 2, items >= 2, seed >= 0 needed, got {rows}, "
+                        f"{users}, {items}, {seed}")
     rng = np.random.default_rng(seed)
     heavy = rng.random(users) < HEAVY_SHARE
     user_f = rng.standard_normal((users, FACTORS)) / np.sqrt(FACTORS)

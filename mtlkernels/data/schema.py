@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from mtlkernels._types import check_fields
 from mtlkernels.data.errors import DataError
 
 TASK_KINDS = ("binary", "regression")
@@ -153,7 +154,10 @@ class DataSchema:
         if "split" in d:
             s = dict(d["split"]) if isinstance(d["split"], dict) else _fail("data.split must be a table")
             if "fractions" in s:
-                s["fractions"] = tuple(float(x) for x in _list(s["fractions"], "data.split.fractions"))
+                fr = _list(s["fractions"], "data.split.fractions")
+                if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in fr):
+                    raise DataError(f"data.split.fractions must be numbers, got {fr!r}")
+                s["fractions"] = tuple(float(x) for x in fr)
             d["split"] = _record(Split, s, "data.split")
         return cls(**d)
 
@@ -189,13 +193,36 @@ def _drop_none(x):
     return x
 
 
+RESERVED_TASK_NAMES = ("mean_auc", "mean_loss")
+
+
+def _names(values, where: str) -> None:
+    if any(not isinstance(v, str) or not v for v in values):
+        raise DataError(f"{where} must list column names, got {list(values)!r}")
+
+
 def validate(s: DataSchema) -> None:
     """Consistency of a schema on its own (columns present in a file are checked on reading)."""
+    check_fields(s, "data.", DataError)
+    check_fields(s.split, "data.split.", DataError)
+    if s.split.seed < 0:
+        raise DataError(f"data.split.seed must be >= 0, got {s.split.seed}")
+    for t in s.tasks:
+        if not isinstance(t, Task):
+            raise DataError(f"data.tasks: each entry must be a task table, got {t!r}")
+        check_fields(t, f"task {t.name!r}: ", DataError)
+    for m in s.multi_value:
+        check_fields(m, f"multi-value field {m.name!r}: ", DataError)
+    for key in ("sparse", "dense", "log_dense"):
+        _names(getattr(s, key), f"data.{key}")
     if not s.tasks:
         raise DataError("data: at least one task is needed")
     names = [t.name for t in s.tasks]
     if len(set(names)) != len(names):
         raise DataError(f"data.tasks: task names must be distinct, got {names}")
+    reserved = sorted(set(names) & set(RESERVED_TASK_NAMES))
+    if reserved:
+        raise DataError(f"data.tasks: {reserved} are reserved names (scores); rename the task")
     for t in s.tasks:
         if t.kind not in TASK_KINDS:
             raise DataError(f"task {t.name!r}: kind must be one of {TASK_KINDS}, got {t.kind!r}")
@@ -211,7 +238,7 @@ def validate(s: DataSchema) -> None:
             raise DataError(f"task {t.name!r}: give conditional or mask_column, not both")
         if t.positive_weight is not None and t.kind != "binary":
             raise DataError(f"task {t.name!r}: positive_weight applies to binary tasks")
-        if not t.weight >= 0 or t.weight != t.weight:
+        if not t.weight >= 0:
             raise DataError(f"task {t.name!r}: weight must be >= 0, got {t.weight}")
     for m in s.multi_value:
         if m.pooling not in POOLINGS:

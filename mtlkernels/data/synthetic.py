@@ -30,8 +30,9 @@ def mmoe_frame(rows: int = 30_000, correlation: float = 0.5, *, seed: int = 0, d
     beta`` at every correlation of one seed, so a correlation sweep changes only ``p``)."""
     if not -1 <= correlation <= 1:
         raise DataError(f"mmoe synthetic: correlation must be in [-1, 1], got {correlation}")
-    if rows < 1 or dim < 2 or sines < 0:
-        raise DataError(f"mmoe synthetic: rows >= 1, dim >= 2, sines >= 0 needed, got {rows}, {dim}, {sines}")
+    if rows < 1 or dim < 2 or sines < 0 or seed < 0:
+        raise DataError(f"mmoe synthetic: rows >= 1, dim >= 2, sines >= 0, seed >= 0 needed, got {rows}, {dim}, "
+                        f"{sines}, {seed}")
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((dim, 2)))
     u1, u2 = q[:, 0], q[:, 1]

@@ -132,3 +132,43 @@ split = {{ kind = "random", fractions = [0.8, 0.1, 0.1], seed = 1 }}
     out = capsys.readouterr().out
     assert str(other_csv) in out and "click" in out and "like" in out
     assert "1,500" in out  # every row of the other file scored
+
+
+@pytest.mark.parametrize("toml,match", [
+    ('epochs = "3"\n', "epochs must be an integer, got '3'"),
+    ("expert_hidden = 5\n", "expert-hidden must be a list, got 5"),
+    ('batch_norm = "false"\n', "batch-norm must be true or false"),
+    ("weight_decay = true\n", "weight-decay must be a finite number"),
+    ("seed = 4294967296\n", "seed must be at most"),
+    ('[data]\nrows = "100"\n', "[data] rows must be an integer"),
+    ("[data]\nrows = 5\n", "split(s) are empty"),
+])
+def test_settings_of_the_wrong_type(capsys, tmp_path, toml, match):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    one_line_error(capsys, ["train", "--data", "recsys", "--config", str(cfg), "--out", str(tmp_path / "r")], match)
+
+
+def test_schema_of_the_wrong_type_and_an_unlearnable_task(capsys, tmp_path):
+    csv = tmp_path / "e.csv"
+    csv.write_text("click,item\n" + "".join(f"0,{'ab'[i % 2]}\n" for i in range(40)))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[data]\npath = "{csv}"\nsparse = ["item"]\ntasks = [{{ name = "click", weight = "0.5" }}]\n')
+    one_line_error(capsys, ["train", "--config", str(cfg)], "weight must be a finite number")
+    cfg.write_text(f'[data]\npath = "{csv}"\nsparse = ["item"]\ntasks = [{{ name = "click" }}]\n')
+    one_line_error(capsys, ["train", "--config", str(cfg), "--out", str(tmp_path / "r")],
+                   "column 'click': the training split has only the label 0")
+
+
+def test_aitm_needs_a_funnel_and_tasks_need_names(capsys, config, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[data]\nrows = 2000\n")
+    one_line_error(capsys, ["train", *SMALL, "--config", str(cfg), "--model", "aitm", "--tasks", "like,click",
+                            "--out", str(tmp_path / "r")], "aitm needs a funnel")
+    one_line_error(capsys, ["train", "--tasks", "income,"], "--tasks must be comma-separated task names")
+
+
+def test_an_unusable_out_directory(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    one_line_error(capsys, ["train", "--out", str(blocker / "run")], "cannot create the run directory")

@@ -168,3 +168,31 @@ def test_bad_monitor_and_tasks():
         Trainer(config(monitor="ctr"))
     with pytest.raises(ValueError, match="tasks"):
         load_data(config(tasks=["nope"]))
+
+
+def test_last_checkpoint_keeps_the_last_weights_and_final_scores_the_best(tmp_path):
+    t = Trainer(config(epochs=4, patience=4, lr=0.05), run_dir=str(tmp_path))
+    m = t.fit()
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["model"]
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert m["best"]["epoch"] is not None
+    for k, v in t.model.state_dict().items():  # the trainer ends holding the best weights
+        assert torch.equal(v, best[k])
+    if m["best"]["epoch"] != len(m["epochs"]):
+        assert any(not torch.equal(last[k], best[k]) for k in best)
+
+
+def test_epoch_training_loss_weighs_each_task_by_its_observed_rows():
+    """The epoch's training loss of a masked task is the mean over its observed rows, as one
+    batch holding the whole epoch would give."""
+    t = Trainer(config(tasks=["click", "conversion"], epochs=1, lr=1e-12))
+    t.data = t.data.select_tasks(["click", "conversion"])
+    train = t.data.train
+    mask = torch.rand(len(train), 2) < 0.5
+    mask[:, 0] = True
+    train.mask = mask
+    m = t.fit()
+    logits, _ = t.predict(train)  # lr ~0: the weights did not move, so the epoch saw these logits
+    expect = t.loss_fn(logits, train.labels, train.mask, train.weights)
+    got = torch.tensor([m["epochs"][0]["train"][n]["loss"] for n in ("click", "conversion")], dtype=torch.float64)
+    torch.testing.assert_close(got, expect.double(), rtol=1e-4, atol=0)
