@@ -20,9 +20,15 @@ class ConfigError(ValueError):
     """A setting (flag or config key) that cannot be used; the CLI prints it as one line."""
 
 
+def is_funnel(schema) -> bool:
+    """Every task after the previous one, on the entire space (click -> purchase -> ...)."""
+    t = schema.tasks
+    return all(t[k].after == t[k - 1].name and not t[k].conditional for k in range(1, len(t)))
+
+
 def check_model_fits(name: str, schema) -> None:
     """Entire-space models need their funnel: ESMM (click, conversion after click), ESM2 (click,
-    DAction and purchase after click), AITM (every task after the previous one, binary)."""
+    DAction and purchase after click); AITM needs binary tasks (its calibrator, a funnel)."""
     tasks = schema.tasks
     kinds = {t.kind for t in tasks}
     if name in ("esmm", "esm2", "aitm") and kinds != {"binary"}:
@@ -30,21 +36,20 @@ def check_model_fits(name: str, schema) -> None:
     if name == "esmm" and not (len(tasks) == 2 and tasks[1].after == tasks[0].name and not tasks[1].conditional):
         raise ConfigError("--model esmm needs 2 tasks: a click and a conversion with after = the click, on the "
                           f"entire space (not conditional); the data has {schema.task_names}")
-    if name == "aitm" and any(tasks[k].after != tasks[k - 1].name or tasks[k].conditional
-                              for k in range(1, len(tasks))):
-        raise ConfigError("--model aitm needs a funnel: every task after the previous one (after = its name, on "
-                          f"the entire space); the data has {schema.task_names} with after = "
-                          f"{[t.after for t in tasks]}")
     if name == "esm2" and not (len(tasks) == 3 and all(t.after == tasks[0].name and not t.conditional
                                                        for t in tasks[1:])):
         raise ConfigError("--model esm2 needs 3 tasks: click, then DAction and purchase each with after = the "
                           f"click; the data has {schema.task_names}")
 
 
-def build_model(name: str, features: mnn.FeatureSchema, num_tasks: int, s: dict[str, Any]) -> mnn.WithFeatures:
-    """The model ``name`` fed by a ``FeatureEmbedding`` of ``features``. Settings used: ``experts``,
-    ``expert_hidden``, ``tower_hidden``, ``bottom_hidden``, ``task_experts``, ``shared_experts``,
-    ``levels``, ``dropout``, ``batch_norm``."""
+def build_model(name: str, features: mnn.FeatureSchema, schema, s: dict[str, Any]) -> mnn.WithFeatures:
+    """The model ``name`` fed by a ``FeatureEmbedding`` of ``features``, for the tasks of the data
+    ``schema``. Settings used: ``experts``, ``expert_hidden``, ``tower_hidden``, ``bottom_hidden``,
+    ``task_experts``, ``shared_experts``, ``levels``, ``dropout``, ``batch_norm``. AITM gets its
+    behavioural calibrator (alpha 0.6) only when the tasks form a funnel (``is_funnel``); on other
+    tasks (Census' income, never_married) it keeps the information transfer and drops the
+    calibrator, whose premise (a later step is never likelier) does not hold there."""
+    num_tasks = len(schema.tasks)
     d = features.output_dim
     kw = {"dropout": s["dropout"], "batch_norm": s["batch_norm"]}
     if name == "shared-bottom":
@@ -61,7 +66,8 @@ def build_model(name: str, features: mnn.FeatureSchema, num_tasks: int, s: dict[
     elif name == "esm2":
         model = mnn.ESM2(d, s["bottom_hidden"], **kw)
     elif name == "aitm":
-        model = mnn.AITM(d, num_tasks, (*s["bottom_hidden"], s["tower_hidden"][-1]), dropout=s["dropout"])
+        model = mnn.AITM(d, num_tasks, (*s["bottom_hidden"], s["tower_hidden"][-1]), dropout=s["dropout"],
+                         calibrator_alpha=0.6 if is_funnel(schema) else 0.0)
     else:
         raise ConfigError(f"--model: unknown model {name!r}; choose from {', '.join(MODELS)}")
     return mnn.WithFeatures(mnn.FeatureEmbedding(features), model)

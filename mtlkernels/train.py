@@ -128,7 +128,7 @@ class Trainer:
         check_model_fits(c.model, schema)
         T = len(self.names)
         features = self.data.feature_schema(c.embedding_dim, dense_projection=c.dense_projection)
-        self.model = build_model(c.model, features, T, c.to_dict())
+        self.model = build_model(c.model, features, schema, c.to_dict())
         self.method = build_method(c.method, self.model, T, c.to_dict())
         params = list(self.model.parameters()) + list(self.method.parameters())
         if c.optimizer == "sgd":

@@ -160,11 +160,7 @@ def test_schema_of_the_wrong_type_and_an_unlearnable_task(capsys, tmp_path):
                    "column 'click': the training split has only the label 0")
 
 
-def test_aitm_needs_a_funnel_and_tasks_need_names(capsys, config, tmp_path):
-    cfg = tmp_path / "c.toml"
-    cfg.write_text("[data]\nrows = 2000\n")
-    one_line_error(capsys, ["train", *SMALL, "--config", str(cfg), "--model", "aitm", "--tasks", "like,click",
-                            "--out", str(tmp_path / "r")], "aitm needs a funnel")
+def test_tasks_need_names(capsys):
     one_line_error(capsys, ["train", "--tasks", "income,"], "--tasks must be comma-separated task names")
 
 

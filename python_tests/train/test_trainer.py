@@ -196,3 +196,14 @@ def test_epoch_training_loss_weighs_each_task_by_its_observed_rows():
     expect = t.loss_fn(logits, train.labels, train.mask, train.weights)
     got = torch.tensor([m["epochs"][0]["train"][n]["loss"] for n in ("click", "conversion")], dtype=torch.float64)
     torch.testing.assert_close(got, expect.double(), rtol=1e-4, atol=0)
+
+
+def test_aitm_calibrates_only_a_funnel():
+    """AITM's calibrator assumes a later funnel step is never likelier; on tasks that are not a
+    funnel (like before click) it is off, the information transfer stays."""
+    funnel = Trainer(config(model="aitm", tasks=["click", "conversion"]))
+    other = Trainer(config(model="aitm", tasks=["like", "click"]))
+    assert funnel.model.model.calibrator_alpha == 0.6
+    assert other.model.model.calibrator_alpha == 0.0
+    m = other.fit()
+    assert m["tasks"] == ["like", "click"]
