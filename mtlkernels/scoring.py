@@ -9,7 +9,9 @@ from typing import Any
 
 from mtlkernels.build import ConfigError
 from mtlkernels.config import TrainConfig
-from mtlkernels.data import DataError, Preprocessor, apply_preprocessing, read_table
+import torch
+
+from mtlkernels.data import DataError, MultiTaskData, Preprocessor, TabularData, apply_preprocessing, read_table
 
 
 def evaluate_run(run_dir: str, *, data: str | None = None, split: str = "test",
@@ -52,10 +54,6 @@ def evaluate_run(run_dir: str, *, data: str | None = None, split: str = "test",
 def _data_for(config: TrainConfig, s: dict[str, Any]):
     """A stand-in ``MultiTaskData`` with the run's preprocessing and no rows, enough to rebuild
     its model."""
-    import torch
-
-    from mtlkernels.data import MultiTaskData, TabularData
-
     pre = Preprocessor.from_state(s["preprocessor"])
     schema = pre.schema
     empty = TabularData(sparse=torch.zeros(0, len(schema.sparse), dtype=torch.long),

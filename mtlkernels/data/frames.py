@@ -2,6 +2,7 @@
 preprocessing on the training split, transform every split."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,7 @@ import pandas as pd
 from mtlkernels.data import validate
 from mtlkernels.data.errors import DataError
 from mtlkernels.data.preprocess import Preprocessor, Targets, targets
-from mtlkernels.data.schema import SPLIT_ALIASES, SPLIT_NAMES, DataSchema
+from mtlkernels.data.schema import SPLIT_ALIASES, SPLIT_NAMES, DataSchema, Split
 from mtlkernels.data.table import TabularData
 
 
@@ -47,8 +48,6 @@ class MultiTaskData:
     def select_tasks(self, names: list[str]) -> "MultiTaskData":
         """The same data with only the tasks ``names`` (in that order): single-task baselines.
         A kept task whose funnel parent is dropped keeps its mask and loses the link."""
-        import dataclasses
-
         all_names = self.schema.task_names
         unknown = [n for n in names if n not in all_names]
         if unknown or not names or len(set(names)) != len(names):
@@ -215,7 +214,7 @@ def apply_preprocessing(frame: pd.DataFrame, preprocessor: Preprocessor, *, name
     missing-label policy and missing dense values set to the training mean are counted in
     ``report`` (``rows_read``, ``dropped``, ``dense_missing``, ``oov_rate``)."""
     schema = preprocessor.schema
-    validate.check_columns(frame, schema if schema.split.kind == "random" else _no_split(schema), name)
+    validate.check_columns(frame, dataclasses.replace(schema, split=Split()), name)  # no split column needed
     frame = frame.reset_index(drop=True)
     tg = targets(frame, schema)
     check_dense(frame, schema)
@@ -224,11 +223,3 @@ def apply_preprocessing(frame: pd.DataFrame, preprocessor: Preprocessor, *, name
         report["rows_read"] = len(frame)
         report["dropped"] = {"a label missing (missing_labels = \"drop\")": int(tg.dropped.sum())} if tg.dropped.any() else {}
     return preprocessor.transform(frame.iloc[keep].reset_index(drop=True), _take(tg, keep), report)
-
-
-def _no_split(schema: DataSchema) -> DataSchema:
-    import dataclasses
-
-    from mtlkernels.data.schema import Split
-
-    return dataclasses.replace(schema, split=Split())
