@@ -25,8 +25,9 @@ from mtlkernels.train import Trainer
 MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "aitm")
 METHODS = ("ew", "uw", "gradnorm", "dwa", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac")
 SYNTHETIC = {"rows": 30_000}
+#: the MMoE paper's small networks on the raw inputs (no piecewise-linear encoding)
 SYNTHETIC_MODEL = {"expert_hidden": [16], "tower_hidden": [8], "experts": 8, "bottom_hidden": [64],
-                   "epochs": 30, "batch_size": 256, "patience": 5}
+                   "epochs": 30, "batch_size": 256, "patience": 5, "dense_bins": 0}
 
 
 def suite(name: str) -> list[tuple[str, dict]]:
@@ -48,8 +49,22 @@ def suite(name: str) -> list[tuple[str, dict]]:
     raise SystemExit(f"unknown suite {name!r}")
 
 
-def run_dir(out: str, label: str, seed: int) -> str:
-    return os.path.join(out, label.replace(" ", "_").replace("=", "") + f"_s{seed}")
+def run_dir(out: str, settings: dict, seed: int) -> str:
+    """The run's directory, named by the settings that differ from the defaults, so that one
+    run shared by two suites (MMoE under EW) trains once."""
+    default = TrainConfig().to_dict()
+    resolved = TrainConfig.from_dict(settings).to_dict()
+    parts = []
+    for k in sorted(resolved):
+        v = resolved[k]
+        if v == default[k]:
+            continue
+        if isinstance(v, dict):
+            v = ",".join(f"{a}-{b}" for a, b in sorted(v.items()))
+        elif isinstance(v, list):
+            v = ",".join(map(str, v))
+        parts.append(f"{k}-{v}")
+    return os.path.join(out, "_".join(parts or ["defaults"]) + f"_s{seed}")
 
 
 def main() -> None:
@@ -67,7 +82,7 @@ def main() -> None:
             continue
         results = []
         for seed in seeds:
-            d = run_dir(args.out, label, seed)
+            d = run_dir(args.out, settings, seed)
             path = os.path.join(d, "metrics.json")
             m = json.load(open(path)) if os.path.exists(path) else None
             if m is None or m.get("final") is None:

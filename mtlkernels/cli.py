@@ -102,6 +102,7 @@ TRAIN_FLAGS = {
     "patience": (nonnegative_int, "epochs without a better validation score before stopping"),
     "monitor": (str, "early-stopping score: mean_auc | mean_loss | a task name"),
     "embedding_dim": (positive_int, "embedding width"),
+    "dense_bins": (nonnegative_int, "piecewise-linear quantile bins per dense column (0: none)"),
     "experts": (positive_int, "experts (MMoE, OMoE)"),
     "expert_hidden": (width_list, "expert widths, e.g. 256,128"),
     "tower_hidden": (width_list, "tower widths, e.g. 64"),

@@ -40,6 +40,7 @@ class TrainConfig:
     monitor: str = "mean_auc"        # mean_auc | mean_loss | a task name (its AUC, or -MSE for regression)
     embedding_dim: int = 16
     dense_projection: bool = False   # project the dense block to one embedding slot, else pass it through
+    dense_bins: int = 16             # piecewise-linear quantile bins per dense column (0: the values alone)
     experts: int = 8
     expert_hidden: list = field(default_factory=lambda: [256, 128])
     tower_hidden: list = field(default_factory=lambda: [64])
@@ -122,7 +123,7 @@ def check(c: TrainConfig) -> None:
 
     for name in ("epochs", "batch_size", "embedding_dim", "experts", "levels", "eval_batch_size"):
         positive(name)
-    for name in ("threads", "patience", "diagnostics_every", "task_experts", "shared_experts", "seed"):
+    for name in ("threads", "patience", "diagnostics_every", "task_experts", "shared_experts", "seed", "dense_bins"):
         positive(name, 0)
     if c.task_experts == 0 and c.shared_experts == 0:
         raise ConfigError("task-experts and shared-experts cannot both be 0")

@@ -127,8 +127,11 @@ class Trainer:
         self.monitor = "mean_loss" if c.monitor == "mean_auc" and "binary" not in self.kinds else c.monitor
         check_model_fits(c.model, schema)
         T = len(self.names)
-        features = self.data.feature_schema(c.embedding_dim, dense_projection=c.dense_projection)
+        features = self.data.feature_schema(c.embedding_dim, dense_projection=c.dense_projection,
+                                            dense_bins=c.dense_bins)
         self.model = build_model(c.model, features, schema, c.to_dict())
+        if len(self.data.train):  # a stand-in without rows (scoring a saved run) loads the edges instead
+            self.model.features.fit_dense_bins(self.data.train.dense)
         self.method = build_method(c.method, self.model, T, c.to_dict())
         params = list(self.model.parameters()) + list(self.method.parameters())
         if c.optimizer == "sgd":

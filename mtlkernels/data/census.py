@@ -8,10 +8,13 @@ MMoE paper (Ma et al., KDD 2018, section 6.3).
   says "education level at least college" without the value list; this is ours.
 - Training: ``census-income.data`` (199,523 rows). Validation and test: ``census-income.test``
   split 1:1 by a permutation seeded with 0 (49,881 rows each).
-- Features: the 7 numeric columns dense (capital gains, capital losses, dividends and wage per
-  hour through ``log1p``), every other column categorical, except the columns the labels come
-  from and the survey instance weight, which is never a feature (``sample_weight=True`` uses it
-  as a per-sample weight instead).
+- Features: the 7 numeric columns dense, standardised on their own scale, every other column
+  categorical, except the columns the labels come from and the survey instance weight, which is
+  never a feature (``sample_weight=True`` uses it as a per-sample weight instead). The four
+  heavy-tailed columns (wage per hour, capital gains and losses, dividends) are not put through
+  ``log1p``: measured with the default MMoE at seed 0, the log scale costs the income task about
+  0.004 validation AUC (0.9446 against 0.9492 after one epoch; the top-coded capital gains of
+  99,999 stand out on the raw scale only).
 
 The preprocessed tensors are cached (see ``mtlkernels.data.cache``) under a key of both files'
 hashes and the preprocessing version, so only the first load parses the CSV.
@@ -44,7 +47,6 @@ COLUMNS = (
     "veterans_benefits", "weeks_worked", "year", "income_class")
 DENSE = ("age", "wage_per_hour", "capital_gains", "capital_losses", "dividends",
          "num_persons_worked_for_employer", "weeks_worked")
-LOG_DENSE = ("wage_per_hour", "capital_gains", "capital_losses", "dividends")
 COLLEGE = ("Some college but no degree", "Associates degree-occup /vocational", "Associates degree-academic program",
            "Bachelors degree(BA AB BS)", "Masters degree(MA MS MEng MEd MSW MBA)",
            "Prof school degree (MD DDS DVM LLB JD)", "Doctorate degree(PhD EdD)")
@@ -57,7 +59,7 @@ LABELS = {
 GROUPS = {1: ("income", "never_married"), 2: ("education", "never_married")}
 SPLIT_SEED = 0
 #: bump when this file's protocol changes (invalidates the cache)
-PROTOCOL = 2
+PROTOCOL = 3
 
 
 def schema(group: int = 1, *, sample_weight: bool = False) -> DataSchema:
@@ -67,7 +69,7 @@ def schema(group: int = 1, *, sample_weight: bool = False) -> DataSchema:
     tasks = GROUPS[group]
     excluded = {LABELS[t][0] for t in tasks} | {"instance_weight"}
     sparse = tuple(c for c in COLUMNS if c not in excluded and c not in DENSE)
-    return DataSchema(tasks=tuple(Task(t, column=f"{t}_label") for t in tasks), sparse=sparse, dense=DENSE, log_dense=LOG_DENSE,
+    return DataSchema(tasks=tuple(Task(t, column=f"{t}_label") for t in tasks), sparse=sparse, dense=DENSE,
                       weight="instance_weight" if sample_weight else None, split=Split("column", "split"))
 
 

@@ -41,9 +41,10 @@ class MultiTaskData:
     def test(self) -> TabularData:
         return self.splits["test"]
 
-    def feature_schema(self, embedding_dim: int = 16, *, dense_projection: bool = True):
+    def feature_schema(self, embedding_dim: int = 16, *, dense_projection: bool = True, dense_bins: int = 0):
         """The ``mtlkernels.nn.FeatureSchema`` of these tensors (see ``Preprocessor.feature_schema``)."""
-        return self.preprocessor.feature_schema(embedding_dim, dense_projection=dense_projection)
+        return self.preprocessor.feature_schema(embedding_dim, dense_projection=dense_projection,
+                                                dense_bins=dense_bins)
 
     def select_tasks(self, names: list[str]) -> "MultiTaskData":
         """The same data with only the tasks ``names`` (in that order): single-task baselines.

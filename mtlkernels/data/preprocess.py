@@ -140,7 +140,7 @@ class Preprocessor:
             std.append(s if s > 0 else 1.0)
         return cls(schema, vocab, mean, std)
 
-    def feature_schema(self, embedding_dim: int = 16, *, dense_projection: bool = True):
+    def feature_schema(self, embedding_dim: int = 16, *, dense_projection: bool = True, dense_bins: int = 0):
         """The ``mtlkernels.nn.FeatureSchema`` of the tensors this preprocessing produces
         (vocabulary sizes include the out-of-vocabulary id)."""
         from mtlkernels.nn.features import BagField, FeatureSchema, SparseField
@@ -149,7 +149,8 @@ class Preprocessor:
         return FeatureSchema(
             sparse=tuple(SparseField(c, self.vocab_size(c)) for c in s.sparse),
             bags=tuple(BagField(m.name, self.vocab_size(m.name), m.pooling) for m in s.multi_value),
-            dense=tuple(s.dense), embedding_dim=embedding_dim, dense_projection=dense_projection)
+            dense=tuple(s.dense), embedding_dim=embedding_dim, dense_projection=dense_projection,
+            dense_bins=dense_bins)
 
     def vocab_size(self, field: str) -> int:
         """Embedding rows of a field: its vocabulary plus the out-of-vocabulary id."""

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlkernels.nn.numeric import PiecewiseLinearEncoding
+
 
 @dataclass(frozen=True)
 class SparseField:
@@ -29,20 +31,24 @@ class BagField:
 @dataclass(frozen=True)
 class FeatureSchema:
     """The input of a model: sparse fields (one id column each), bag fields, dense columns, the
-    embedding width, and whether the dense block is projected to one E-wide slot
-    (``dense_projection=True``) or passed through as it is."""
+    embedding width, the number of piecewise-linear bins each dense column is also encoded with
+    (``dense_bins``, 0 for none; ``mtlkernels.nn.numeric``), and whether the dense block is
+    projected to one E-wide slot (``dense_projection=True``) or passed through as it is."""
 
     sparse: tuple[SparseField, ...]
     dense: tuple[str, ...] = ()
     embedding_dim: int = 16
     bags: tuple[BagField, ...] = ()
     dense_projection: bool = True
+    dense_bins: int = 0
 
     def __post_init__(self):
         if not self.sparse and not self.dense and not self.bags:
             raise ValueError("FeatureSchema: no feature")
         if self.embedding_dim < 1:
             raise ValueError(f"FeatureSchema: embedding_dim must be >= 1, got {self.embedding_dim}")
+        if self.dense_bins < 0:
+            raise ValueError(f"FeatureSchema: dense_bins must be >= 0, got {self.dense_bins}")
         for f in (*self.sparse, *self.bags):
             if f.vocab_size < 1:
                 raise ValueError(f"FeatureSchema: field {f.name!r} has vocab_size {f.vocab_size}")
@@ -52,10 +58,16 @@ class FeatureSchema:
                                  f"got {f.pooling!r}")
 
     @property
+    def dense_width(self) -> int:
+        """Width of the dense block before any projection: the D values, then their D * bins
+        piecewise-linear encodings."""
+        return len(self.dense) * (1 + self.dense_bins)
+
+    @property
     def output_dim(self) -> int:
         """Width of the vector ``FeatureEmbedding`` produces: one E-slot per sparse and bag field,
-        then the dense block (one E-slot, or its D columns unprojected)."""
-        dense = (self.embedding_dim if self.dense_projection else len(self.dense)) if self.dense else 0
+        then the dense block (one E-slot, or ``dense_width`` columns unprojected)."""
+        dense = (self.embedding_dim if self.dense_projection else self.dense_width) if self.dense else 0
         return (len(self.sparse) + len(self.bags)) * self.embedding_dim + dense
 
 
@@ -66,9 +78,10 @@ class FeatureEmbedding(nn.Module):
     of the previous vocab sizes). Without bag fields the lookup is a single gather; with them,
     the single ids are bags of one and everything is one ``embedding_bag`` call (sum mode,
     per-id weights ``1 / len`` for mean-pooled bags): no loop over fields or rows. The dense
-    block is projected by one linear map to an E-wide slot (the MTReclib arrangement) or, with
-    ``dense_projection=False``, appended as it is; float64 (pandas' default) or other float
-    input is cast to the parameters' dtype. Ids out of ``[0, vocab_size)`` raise a ValueError
+    block (the values, then their piecewise-linear encodings when ``dense_bins > 0``, whose edges
+    ``fit_dense_bins`` learns from the training rows) is projected by one linear map to an E-wide
+    slot (the MTReclib arrangement) or, with ``dense_projection=False``, appended as it is;
+    float64 (pandas' default) or other float input is cast to the parameters' dtype. Ids out of ``[0, vocab_size)`` raise a ValueError
     naming the field (checked in eager mode).
 
     ``bags``: ``(values [nnz] int, lengths [B, K] int)`` (``mtlkernels.data.Bags``): row b's bag of
@@ -85,13 +98,21 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer("vocab", torch.tensor(vocab, dtype=torch.long), persistent=False)
         self.register_buffer("bag_mean", torch.tensor([f.pooling == "mean" for f in schema.bags]), persistent=False)
         self.table = nn.Parameter(torch.empty(sum(vocab), schema.embedding_dim)) if vocab else None
-        self.dense_proj = (nn.Linear(len(schema.dense), schema.embedding_dim)
+        self.dense_encoding = (PiecewiseLinearEncoding(len(schema.dense), schema.dense_bins)
+                               if schema.dense and schema.dense_bins else None)
+        self.dense_proj = (nn.Linear(schema.dense_width, schema.embedding_dim)
                            if schema.dense and schema.dense_projection else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         if self.table is not None:
             nn.init.normal_(self.table, std=0.01)
+
+    def fit_dense_bins(self, dense: Tensor) -> None:
+        """Learn the piecewise-linear bin edges from the training rows' dense values
+        ``[N, D]`` (a no-op when the schema has no ``dense_bins``)."""
+        if self.dense_encoding is not None:
+            self.dense_encoding.fit(dense, self.schema.dense)
 
     def _check(self, sparse: Tensor | None, dense: Tensor | None, bags) -> None:
         F_, D_, K = len(self.schema.sparse), len(self.schema.dense), len(self.schema.bags)
@@ -184,6 +205,8 @@ class FeatureEmbedding(nn.Module):
         if self.schema.dense:
             param = self.table if self.table is not None else self.dense_proj.weight if self.dense_proj else None
             dense = dense.to(param.dtype if param is not None else torch.get_default_dtype())
+            if self.dense_encoding is not None:
+                dense = torch.cat([dense, self.dense_encoding(dense)], dim=1)
             parts.append(self.dense_proj(dense) if self.dense_proj is not None else dense)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
