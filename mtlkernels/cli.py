@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 
 import mtlkernels
@@ -189,15 +190,21 @@ def _cmd_train(args) -> int:
         out = args.out or _default_out(config)
         if os.path.exists(os.path.join(out, "checkpoints", "last.pt")):
             raise ConfigError(f"--out {out} already holds a run; --resume {out} to continue it, or choose another --out")
+        created = not os.path.exists(out)
         try:  # before the data loads: an unusable --out fails at once
             os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--out {out}: cannot create the run directory ({exc.strerror or exc})") from None
         from mtlkernels.train import load_data
 
-        data = load_data(config)
-        print("\n".join(data.summary()))
-        trainer = Trainer(config, data, out)
+        try:
+            data = load_data(config)
+            print("\n".join(data.summary()))
+            trainer = Trainer(config, data, out)
+        except BaseException:  # a run that never started leaves no directory behind
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         c = config
         print(f"training {c.model} with {c.method} on {c.data} ({len(trainer.names)} tasks: "
               f"{', '.join(trainer.names)}) -> {out}")

@@ -80,6 +80,20 @@ def test_a_file_without_a_schema_and_a_bad_file(capsys, tmp_path):
     one_line_error(capsys, ["train", "--config", str(cfg)], "label 2.0 at row 2 is not binary")
 
 
+def test_a_run_that_fails_to_start_leaves_no_directory(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "events.csv"
+    csv.write_text("click,item\n1,a\n2,b\n")
+    cfg = tmp_path / "schema.toml"
+    cfg.write_text(f'[data]\npath = "{csv}"\nsparse = ["item"]\ntasks = [{{ name = "click" }}]\n')
+    one_line_error(capsys, ["train", "--config", str(cfg)], "is not binary")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    one_line_error(capsys, ["train", "--config", str(cfg), "--out", str(kept)], "is not binary")
+    assert kept.is_dir()  # a directory the user made is left as it was
+
+
 def test_model_data_mismatch(capsys, config, tmp_path):
     one_line_error(capsys, ["train", *SMALL, "--config", config, "--model", "esmm", "--out", str(tmp_path / "r")],
                    "esmm needs 2 tasks")
