@@ -81,8 +81,11 @@ def gradnorm_layer(model: mnn.WithFeatures) -> list[nn.Parameter]:
         layer = inner.bottom.layers[-1]
     elif isinstance(inner, mnn.MMoE):
         layer = inner.experts.layers[-1]
-    elif isinstance(inner, mnn.PLE):
-        layer = inner.levels[-1].experts.layers[-1]
+    elif isinstance(inner, mnn.PLE) and (inner.levels[-1].shared is not None or inner.shared_experts > 0):
+        last = inner.levels[-1]
+        layer = (last.shared if last.shared is not None else last.experts).layers[-1]
+    elif isinstance(inner, mnn.PLE) and len(inner.levels) > 1:  # no shared expert: the level below's
+        layer = inner.levels[-2].experts.layers[-1]
     else:
         params = list(model.features.parameters())
         if not params:

@@ -38,6 +38,12 @@ class PLELevel(nn.Module):
 
     Input: ``x [B, in]`` at the first level, else ``[B, T+1, in]`` (task mixtures, then the
     shared mixture). Output: ``[B, T+1, D]`` with the shared gate, else ``[B, T, D]``.
+
+    With a shared gate every expert reaches every task, and all X experts are one grouped MLP
+    (``experts``). Without one (the last level), a task expert reaches its own task only: when
+    the level has both kinds, the task experts are one grouped MLP (``experts``) and the shared
+    ones another (``shared``, one product on the common input), so that the task experts are
+    parameters of their own, not slices of a tensor the other tasks share.
     """
 
     def __init__(self, in_features: int, task_experts: Sequence[int], shared_experts: int,
@@ -49,11 +55,21 @@ class PLELevel(nn.Module):
             visible = visible + [list(range(len(owner)))]
         self.first = first
         self.num_experts = len(owner)
-        self.register_buffer("owner", torch.tensor(owner), persistent=False)
-        self.experts = GroupedMLP(len(owner), in_features, expert_hidden, shared_input=first,
+        self.num_tasks = T
+        split = not shared_gate and shared_experts > 0 and sum(task_experts) > 0
+        self.num_grouped = sum(task_experts) if split else len(owner)  # experts inside ``experts``
+        self.register_buffer("owner", torch.tensor(owner[:self.num_grouped]), persistent=False)
+        self.experts = GroupedMLP(self.num_grouped, in_features, expert_hidden, shared_input=first,
                                   batch_norm=batch_norm, dropout=dropout)
-        self.gates = Gates(visible, len(owner), in_features, shared_input=first)
+        self.shared = (GroupedMLP(shared_experts, in_features, expert_hidden, shared_input=True, batch_norm=batch_norm,
+                                  dropout=dropout) if split else None)
+        self.gates = Gates(visible, len(owner), in_features, shared_input=first, shared_gates=int(shared_gate))
         self.gate_inputs = T + 1 if shared_gate else T
+
+    def expert(self, e: int) -> tuple[GroupedMLP, int]:
+        """The grouped MLP holding expert ``e`` (in the level's order: task 0's, ..., shared)
+        and its group index inside it."""
+        return (self.experts, e) if e < self.num_grouped else (self.shared, e - self.num_grouped)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (the level's mixtures ``[B, gates, D]``, its expert outputs ``[B, X, D]``)."""
@@ -65,6 +81,9 @@ class PLELevel(nn.Module):
             # grouped products read their operands without another copy
             experts = self.experts(h.transpose(0, 1).index_select(0, self.owner).transpose(0, 1))
             logits = self.gates(h[:, :self.gate_inputs])
+        if self.shared is not None:
+            shared = self.shared(h if self.first else h[:, self.num_tasks])
+            experts = torch.cat([experts, shared], dim=1)
         mixed = gate_mix(experts, logits, expert_mask=self.gates.expert_mask())
         return mixed, experts
 
@@ -79,11 +98,15 @@ class PLE(MultiTaskModel):
         shared_experts: shared experts per level.
         expert_hidden: MLP widths of every expert (each level's experts take the previous
             level's width as input).
-        num_levels: N >= 1; levels 1..N-1 have a shared gate, level N does not.
+        num_levels: N >= 1; levels 1..N-1 have a shared gate (when there are shared experts
+            to read its mixture), level N does not.
 
-    Shared parameters: everything but the towers and the last level's task gates. The last
-    level's task experts share one grouped weight with its shared experts, so they count as
-    shared (other tasks' gradients on them are zero) unless the model has no shared experts.
+    Shared parameters: what more than one task's loss reaches: the experts of the inner levels
+    (through the shared gate), the shared gates, the last level's shared experts, and the task
+    gates below level N-1 (task k's gate feeds task k's experts at the next level, which the
+    shared gate there mixes for everyone). Task specific: the towers, the task gates of the last
+    two levels and the last level's task experts; without shared experts, everything (nothing
+    mixes across tasks).
     Representation: the last level's expert outputs ``[B, X, D]``.
     """
 
@@ -106,16 +129,20 @@ class PLE(MultiTaskModel):
         width = expert_hidden[-1]
         self.levels = nn.ModuleList(
             PLELevel(input_dim if j == 0 else width, counts, shared_experts, expert_hidden, first=j == 0,
-                     shared_gate=j < num_levels - 1, batch_norm=batch_norm, dropout=dropout)
+                     shared_gate=j < num_levels - 1 and shared_experts > 0, batch_norm=batch_norm, dropout=dropout)
             for j in range(num_levels))
         self.towers = Towers(num_tasks, width, tower_hidden, batch_norm=batch_norm, dropout=dropout)
 
     def task_specific_parameters(self):
-        last = self.levels[-1]
         yield from self.towers.parameters()
-        yield from last.gates.parameters()
         if self.shared_experts == 0:
-            yield from last.experts.parameters()  # no shared expert: each feeds one task only
+            for level in self.levels:
+                yield from level.parameters()
+            return
+        for level in self.levels[-2:]:
+            yield from (level.gates.weight, level.gates.bias)  # the task gates
+        if self.levels[-1].shared is not None:
+            yield from self.levels[-1].experts.parameters()  # the last level's task experts
 
     def shared_parameters(self):
         specific = {id(p) for p in self.task_specific_parameters()}

@@ -138,7 +138,10 @@ def ple_from(levels: Sequence[dict], towers: Sequence[nn.Module]) -> PLE:
             if lvl.get("shared_gate") is None:
                 raise ValueError(f"swap: inner level {j} needs a shared_gate")
             gates.append(lvl["shared_gate"])
-        _copy_into(target.experts, expert_linears[j * per_level:(j + 1) * per_level])
+        level_linears = expert_linears[j * per_level:(j + 1) * per_level]
+        _copy_into(target.experts, level_linears[:target.num_grouped])
+        if target.shared is not None:
+            _copy_into(target.shared, level_linears[target.num_grouped:])
         _copy_gates(target.gates, _gate_linears(gates))
     _copy_into(model.towers.mlp, tower_linears)
     return model

@@ -61,11 +61,11 @@ def ple(model, x: Tensor) -> Tensor:
     for j, level in enumerate(model.levels):
         experts = []
         for k in range(T):
-            experts += [group_mlp(level.experts, starts[k] + i, task_in[k]) for i in range(counts[k])]
-        experts += [group_mlp(level.experts, e, shared_in) for e in shared_idx]
+            experts += [group_mlp(*level.expert(starts[k] + i), task_in[k]) for i in range(counts[k])]
+        experts += [group_mlp(*level.expert(e), shared_in) for e in shared_idx]
         new_task_in = [gate_mixture(level.gates, k, list(range(starts[k], starts[k] + counts[k])) + shared_idx,
                                     task_in[k], experts) for k in range(T)]
-        if j < len(model.levels) - 1:
+        if j < len(model.levels) - 1 and m_s > 0:  # the shared gate (no shared expert: none)
             shared_in = gate_mixture(level.gates, T, list(range(len(experts))), shared_in, experts)
         task_in = new_task_in
     return towers(model, task_in)
