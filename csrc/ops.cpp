@@ -35,7 +35,7 @@ TORCH_LIBRARY(mtlk, m) {
   m.def("pcgrad_weights(Tensor gram, Tensor order) -> Tensor");
   // gradvac: as pcgrad with cosine targets target [N, T, T] (phihat) and EMA rate beta;
   //   returns (weights [N, T], updated target [N, T, T]).
-  m.def("gradvac_weights(Tensor gram, Tensor order, Tensor target, float beta) -> (Tensor, Tensor)");
+  m.def("gradvac_weights(Tensor gram, Tensor order, Tensor target, float beta, bool every_pair) -> (Tensor, Tensor)");
   // mgda: min-norm point of the convex hull, w in the simplex minimising w^T G w (exact for T = 2,
   //   else best pair start + Frank-Wolfe, at most max_iter iterations, stop when the step < tol).
   m.def("mgda_weights(Tensor gram, int max_iter, float tol) -> Tensor");

@@ -121,7 +121,7 @@ void test_gradvac() {
   mtlk::pcgrad_solve(G.data(), o.data(), T, wp, scratch);
   // target 0, beta 0 is PCGrad up to the 1e-8 eps
   std::vector<double> target(T * T, 0.0);
-  EXPECT(mtlk::gradvac_solve(G.data(), o.data(), target.data(), 0.0, T, wv, scratch) == mtlk::kSolverOk);
+  EXPECT(mtlk::gradvac_solve(G.data(), o.data(), target.data(), 0.0, true, T, wv, scratch) == mtlk::kSolverOk);
   for (int k = 0; k < T; ++k) EXPECT(near(wv[k], wp[k], 1e-7));
   for (double t : target) EXPECT(t == 0.0);
   // two tasks: after the adjustment cos(gpc_1, g2) equals the target; EMA of both pairs
@@ -129,20 +129,44 @@ void test_gradvac() {
   const std::vector<int64_t> o2 = identity_orders(2);
   std::vector<double> t2 = {0.0, 0.5, 0.5, 0.0};
   double w2[2];
-  mtlk::gradvac_solve(G2.data(), o2.data(), t2.data(), 0.25, 2, w2, scratch);
+  mtlk::gradvac_solve(G2.data(), o2.data(), t2.data(), 0.25, true, 2, w2, scratch);
   EXPECT(near(t2[1], 0.75 * 0.5 + 0.25 * -0.6, 1e-7) && near(t2[2], t2[1]));
   EXPECT(t2[0] == 0.0 && t2[3] == 0.0);
   std::vector<double> t1 = {0.0, 0.5, -1.0, 0.0};  // task 2's target -1: never adjusted
-  mtlk::gradvac_solve(G2.data(), o2.data(), t1.data(), 0.0, 2, w2, scratch);
+  mtlk::gradvac_solve(G2.data(), o2.data(), t1.data(), 0.0, true, 2, w2, scratch);
   const double delta = w2[1] - 1.0;  // task 2 keeps c = e_2, task 1 gets c = (1, delta)
   EXPECT(near(w2[0], 1.0));
   const double gx = 1.0 + delta * -0.6, gy = delta * 0.8;  // gpc_1
   const double cosine = (gx * -0.6 + gy * 0.8) / std::sqrt(gx * gx + gy * gy);
   EXPECT(near(cosine, 0.5, 1e-7));
   std::vector<double> bad_target = {0.0, 1.5, 0.0, 0.0};
-  EXPECT(mtlk::gradvac_solve(G2.data(), o2.data(), bad_target.data(), 0.5, 2, w2, scratch) ==
+  EXPECT(mtlk::gradvac_solve(G2.data(), o2.data(), bad_target.data(), 0.5, true, 2, w2, scratch) ==
          mtlk::kSolverBadTarget);
   EXPECT(bad_target[1] == 1.5);
+  // LibMTL's rule: only the adjusted pair moves its target (task 2's -1 is never adjusted)
+  std::vector<double> t3 = {0.0, 0.5, -1.0, 0.0};
+  mtlk::gradvac_solve(G2.data(), o2.data(), t3.data(), 0.5, false, 2, w2, scratch);
+  EXPECT(near(t3[1], 0.5 * 0.5 + 0.5 * -0.6, 1e-7) && t3[2] == -1.0);
+  std::vector<double> t4 = {0.0, 0.5, -1.0, 0.0};
+  mtlk::gradvac_solve(G2.data(), o2.data(), t4.data(), 0.5, true, 2, w2, scratch);
+  EXPECT(near(t4[2], 0.5 * -1.0 + 0.5 * -0.6, 1e-7));
+  // the epsilons are relative: a gradient scale of 1e-6 (G of 1e-12) gives the same weights
+  std::vector<double> tiny(4);
+  for (int k = 0; k < 4; ++k) tiny[k] = G2[k] * 1e-12;
+  std::vector<double> ta = {0.0, 0.5, 0.5, 0.0}, tb = ta;
+  double wa[2], wb[2];
+  mtlk::gradvac_solve(G2.data(), o2.data(), ta.data(), 0.5, true, 2, wa, scratch);
+  mtlk::gradvac_solve(tiny.data(), o2.data(), tb.data(), 0.5, true, 2, wb, scratch);
+  for (int k = 0; k < 2; ++k) EXPECT(near(wa[k], wb[k], 1e-9) && near(ta[k + 1], tb[k + 1], 1e-9));
+  // collinear rows a, -2a, 3a: every stored target stays a cosine, and the next step runs
+  const std::vector<double> Gc = gram_of({1.0, 2.0, -2.0, -4.0, 3.0, 6.0}, 3, 2);
+  const std::vector<int64_t> oc = {0, 1, 2, 0, 1, 2, 1, 0, 2};
+  std::vector<double> tc(9, 0.0);
+  double wc[3], sc[6];
+  for (int step = 0; step < 3; ++step) {
+    EXPECT(mtlk::gradvac_solve(Gc.data(), oc.data(), tc.data(), 0.5, true, 3, wc, sc) == mtlk::kSolverOk);
+    for (double t : tc) EXPECT(t >= -1.0 && t <= 1.0);
+  }
 }
 
 void test_peltr() {

@@ -122,7 +122,8 @@ at::Tensor pcgrad_weights_cpu(const at::Tensor& gram_in, const at::Tensor& order
 }
 
 std::tuple<at::Tensor, at::Tensor> gradvac_weights_cpu(const at::Tensor& gram_in, const at::Tensor& order_in,
-                                                       const at::Tensor& target_in, double beta) {
+                                                       const at::Tensor& target_in, double beta,
+                                                       bool every_pair) {
   check_gradvac_args(gram_in, order_in, target_in, beta);
   const at::Tensor gram = gram_in.contiguous();
   const at::Tensor order = order_in.contiguous();
@@ -135,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> gradvac_weights_cpu(const at::Tensor& gram_in
   double* P = target.mutable_data_ptr<double>();
   double* W = w.mutable_data_ptr<double>();
   const auto solve = [&](int64_t n, double* scratch) {
-    return gradvac_solve(G + n * T * T, O + n * T * T, P + n * T * T, beta, T, W + n * T, scratch);
+    return gradvac_solve(G + n * T * T, O + n * T * T, P + n * T * T, beta, every_pair, T, W + n * T, scratch);
   };
   const int64_t bad = for_each_problem(N, T, gradvac_scratch(T), solve);
   // gradvac_solve validates before it updates the target, so re-running it on the bad problem

@@ -45,13 +45,14 @@ __global__ void pcgrad_kernel(const double* __restrict__ G, const int64_t* __res
 }
 
 __global__ void gradvac_kernel(const double* __restrict__ G, const int64_t* __restrict__ O,
-                               double* __restrict__ P, double beta, double* __restrict__ W,
+                               double* __restrict__ P, double beta, bool every_pair, double* __restrict__ W,
                                double* __restrict__ scratch, int64_t N, int64_t T) {
   const int64_t n = problem_index();
   if (n >= N) return;
   const int64_t T2 = T * T;
   double* w = W + n * T;
-  mark_bad(gradvac_solve(G + n * T2, O + n * T2, P + n * T2, beta, T, w, scratch + n * gradvac_scratch(T)),
+  mark_bad(gradvac_solve(G + n * T2, O + n * T2, P + n * T2, beta, every_pair, T, w,
+                         scratch + n * gradvac_scratch(T)),
            w, T);
 }
 
@@ -94,7 +95,8 @@ at::Tensor pcgrad_weights_cuda(const at::Tensor& gram_in, const at::Tensor& orde
 }
 
 std::tuple<at::Tensor, at::Tensor> gradvac_weights_cuda(const at::Tensor& gram_in, const at::Tensor& order_in,
-                                                        const at::Tensor& target_in, double beta) {
+                                                        const at::Tensor& target_in, double beta,
+                                                        bool every_pair) {
   check_gradvac_args(gram_in, order_in, target_in, beta);
   const c10::cuda::CUDAGuard guard(gram_in.device());
   const at::Tensor gram = gram_in.contiguous();
@@ -106,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor> gradvac_weights_cuda(const at::Tensor& gram_i
   at::Tensor scratch = workspace(gram, gradvac_scratch(T));
   gradvac_kernel<<<blocks_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       gram.const_data_ptr<double>(), order.const_data_ptr<int64_t>(), target.mutable_data_ptr<double>(), beta,
-      w.mutable_data_ptr<double>(), scratch.mutable_data_ptr<double>(), N, T);
+      every_pair, w.mutable_data_ptr<double>(), scratch.mutable_data_ptr<double>(), N, T);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {w, target};
 }

@@ -12,29 +12,40 @@ from mtlkernels.ops import block_grams
 from mtlkernels.ops.solvers import gradvac_weights
 
 
+#: the target EMA rules, named by the code they follow -> whether every visited pair is updated
+EMA_RULES = {"libmtl": False, "torchjd": True}
+
+
 class GradVac(GrowingBuffers, GramMethod):
     """Pulls every pair's gradient cosine up to an adaptive target: for each task i and each
     other task j (random order), if ``cos(g_i', g_j) < phihat_ij`` then g_i' gets the multiple
-    of g_j that makes the cosine exactly ``phihat_ij``; then
-    ``phihat_ij <- (1 - beta) phihat_ij + beta cos`` for every visited pair (LibMTL's rule).
-    ``d = sum_i g_i'`` (sum convention). ``beta`` defaults to LibMTL's 0.5 (the paper's
-    setting is reported as 0.01). With ``phihat = 0`` and ``beta = 0`` it is PCGrad.
+    of g_j that makes the cosine exactly ``phihat_ij``; then the target's EMA
+    ``phihat_ij <- (1 - beta) phihat_ij + beta cos``, for the adjusted pairs only
+    (``ema="libmtl"``: LibMTL and the authors' SamsungLabs code) or for every visited pair
+    (``ema="torchjd"``). The cosine is clamped to [-1, 1] and the epsilons are relative to the
+    gradient scale (``mtlkernels.ops.solvers.gradvac_weights``). ``d = sum_i g_i'`` (sum
+    convention). ``beta`` defaults to LibMTL's 0.5 (the paper's setting is reported as 0.01).
+    With ``phihat = 0`` and ``beta = 0`` it is PCGrad.
 
     ``granularity="model"``: one T x T target over all shared parameters. ``"layer"``: one
     target per shared parameter tensor, its own Gram, its own weights (the paper's finer
     granularity); the task heads then get the gradient of ``sum_t wbar_t L_t`` with ``wbar``
-    the mean of the per-layer weights. Targets and the order generator are in ``state_dict()``.
+    the mean of the per-layer weights. Targets and the order generator are in ``state_dict()``;
+    the orders follow ``torch.manual_seed`` unless ``seed`` is given.
     """
 
     _growing_buffers = ("target",)
 
-    def __init__(self, beta: float = 0.5, granularity: str = "model", seed: int = 0):
+    def __init__(self, beta: float = 0.5, granularity: str = "model", ema: str = "libmtl",
+                 seed: int | None = None):
         super().__init__()
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"GradVac: beta must be in [0, 1], got {beta}")
         if granularity not in ("model", "layer"):
             raise ValueError(f"GradVac: granularity must be 'model' or 'layer', got {granularity!r}")
-        self.beta, self.granularity = beta, granularity
+        if ema not in EMA_RULES:
+            raise ValueError(f"GradVac: ema must be one of {sorted(EMA_RULES)}, got {ema!r}")
+        self.beta, self.granularity, self.ema = beta, granularity, ema
         self.order = TaskOrder(seed)
         self.register_buffer("target", torch.zeros(0, dtype=torch.float64))
 
@@ -49,7 +60,8 @@ class GradVac(GrowingBuffers, GramMethod):
     def gram_weights(self, G: Tensor, losses: Tensor) -> Tensor:
         T = G.shape[0]
         target = self._targets((T, T)).to(G.device)
-        w, new_target = gradvac_weights(G, self.order.draw(T).to(G.device), target, self.beta)
+        w, new_target = gradvac_weights(G, self.order.draw(T).to(G.device), target, self.beta,
+                                        every_pair=EMA_RULES[self.ema])
         self.target = new_target.to(self.target.device)
         return w
 
@@ -63,7 +75,7 @@ class GradVac(GrowingBuffers, GramMethod):
         check_gram(Gk.sum(0))
         targets = self._targets((len(params), T, T)).to(Gk.device)
         orders = torch.stack([self.order.draw(T) for _ in params]).to(Gk.device)
-        W, new_targets = gradvac_weights(Gk, orders, targets, self.beta)  # [K, T]
+        W, new_targets = gradvac_weights(Gk, orders, targets, self.beta, every_pair=EMA_RULES[self.ema])  # [K, T]
         self.target = new_targets.to(self.target.device)
         for k, p in enumerate(params):
             accumulate([p], [blocks[k]], W[k].to(losses.dtype))

@@ -16,11 +16,12 @@ class PCGrad(GramMethod):
     Computed on G only: coefficient vectors ``c^(i)`` with ``g_i' = J^T c^(i)`` and
     ``w = sum_i c^(i)`` (the torchjd form; self skipped, strict ``< 0``, so a zero g_j never
     divides). ``reduction="sum"`` (paper, LibMTL; no conflict gives EW-sum) or ``"mean"`` (/T).
-    Orders come from a seeded generator kept in ``state_dict()``. Task heads get the gradient
-    of ``sum_t w_t L_t``.
+    Orders come from a generator kept in ``state_dict()``, seeded with ``seed`` or, when None,
+    from ``torch.manual_seed``'s global generator. Task heads get the gradient of
+    ``sum_t w_t L_t``.
     """
 
-    def __init__(self, reduction: str = "sum", seed: int = 0):
+    def __init__(self, reduction: str = "sum", seed: int | None = None):
         super().__init__()
         if reduction not in ("sum", "mean"):
             raise ValueError(f"PCGrad: reduction must be 'sum' or 'mean', got {reduction!r}")

@@ -7,11 +7,15 @@ from torch import Tensor, nn
 
 class TaskOrder(nn.Module):
     """Draws, for each task i, a random permutation of 0..T-1 (the order in which i is
-    projected against the others) from its own seeded generator. The generator state is part
-    of ``state_dict()``, so a resumed run draws the same orders."""
+    projected against the others) from its own generator, seeded with ``seed`` or, when it is
+    None, from torch's global generator (so ``torch.manual_seed`` decides the orders and two
+    methods built in a row draw different ones). The generator state is part of
+    ``state_dict()``, so a resumed run draws the same orders."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int | None = None):
         super().__init__()
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         self.generator = torch.Generator().manual_seed(seed)
 
     def draw(self, T: int) -> Tensor:

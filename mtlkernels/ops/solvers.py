@@ -8,9 +8,11 @@ Each solver reads only the Gram matrix ``G = J J^T`` of the T task gradients (fl
 - ``pcgrad_weights`` (Yu et al., NeurIPS 2020): sum convention, ``w = 1`` when nothing
   conflicts; the Gram form of torchjd with LibMTL's loop semantics (an explicit order per task,
   task i itself skipped, strict ``< 0``, zero gradients never projected onto).
-- ``gradvac_weights`` (Wang et al., ICLR 2021): LibMTL's rule, eps 1e-8 in both denominators,
-  EMA of the cosine targets for every visited pair; returns the updated targets. One target
-  matrix per problem: per-layer GradVac passes one Gram per layer as the N axis.
+- ``gradvac_weights`` (Wang et al., ICLR 2021): LibMTL's adjustment, the cosine clamped to
+  [-1, 1], epsilons relative to the gradient scale (``J`` and ``s J`` give the same weights),
+  the EMA of the cosine targets only for the adjusted pairs (LibMTL, the authors' code) or for
+  every visited pair (TorchJD); returns the updated targets. One target matrix per
+  problem: per-layer GradVac passes one Gram per layer as the N axis.
 - ``mgda_weights`` (Sener & Koltun, NeurIPS 2018): exact 2-task closed form returning exact
   {0, 1} at the ends (the official code and LibMTL clamp to 0.001 / 0.999); T > 2 starts from
   the best pair and runs Frank-Wolfe with exact line search (torchjd's iteration, the official
@@ -140,7 +142,7 @@ def _fake_pcgrad(gram, order):
     return gram.new_empty(gram.shape[0], gram.shape[1])
 
 
-def _fake_gradvac(gram, order, target, beta):
+def _fake_gradvac(gram, order, target, beta, every_pair):
     return (gram.new_empty(gram.shape[0], gram.shape[1]),
             torch.empty_like(target, memory_format=torch.contiguous_format))
 
@@ -232,20 +234,25 @@ def pcgrad_weights(gram: Tensor, order: Tensor, *, backend: str | None = None) -
     return w.squeeze(0) if single else w
 
 
-def gradvac_weights(gram: Tensor, order: Tensor, target: Tensor, beta: float, *,
+def gradvac_weights(gram: Tensor, order: Tensor, target: Tensor, beta: float, *, every_pair: bool = False,
                     backend: str | None = None) -> tuple[Tensor, Tensor]:
     """GradVac weights and updated cosine targets.
 
     As ``pcgrad_weights``, but for each visited pair ``phi = cos(gpc_i, g_j)`` is compared with
     the target ``target[..., i, j]``: when ``phi < target`` (and ``g_j != 0``) a multiple of
-    ``g_j`` is added to ``gpc_i`` that makes the cosine equal the target; then, for every visited
-    pair, ``target_ij <- (1 - beta) target_ij + beta phi``. ``target = 0, beta = 0`` is PCGrad.
+    ``g_j`` is added to ``gpc_i`` that makes the cosine equal the target; then
+    ``target_ij <- (1 - beta) target_ij + beta phi`` only for the pairs just adjusted
+    (``every_pair=False``: LibMTL and the authors' SamsungLabs code) or for every visited pair
+    (``True``: TorchJD).
+    ``phi`` is clamped to [-1, 1]; the epsilons are ``1e-8 max_k G_kk`` (cosine) and
+    ``1e-8 sqrt(max_k G_kk)`` (adjustment). ``target = 0, beta = 0`` is PCGrad.
 
     Args:
         gram: ``[T, T]`` or ``[N, T, T]`` float64.
         order: int64, same shape as gram (see ``pcgrad_weights``).
         target: float64, same shape: cosine targets in [-1, 1] (start from zeros).
         beta: EMA rate in [0, 1] (LibMTL default 0.5; the paper uses 0.01).
+        every_pair: the EMA rule (see above).
         backend: ``"native"``, ``"reference"`` or None.
 
     Returns:
@@ -261,13 +268,13 @@ def gradvac_weights(gram: Tensor, order: Tensor, target: Tensor, beta: float, *,
     which = _resolve(op, backend, gram.device)
     g, o, t = _batched(gram, single), _batched(order, single), _batched(target, single)
     if which == "native":
-        w, new_t = torch.ops.mtlk.gradvac_weights(g, o, t, beta)
+        w, new_t = torch.ops.mtlk.gradvac_weights(g, o, t, beta, bool(every_pair))
     else:
         if _check_values(which):
             _check_gram_values(op, g)
             _check_target_values(op, t)
             _check_order_values(op, o)
-        w, new_t = _ref.gradvac_weights(g.detach(), o, t.detach(), beta)
+        w, new_t = _ref.gradvac_weights(g.detach(), o, t.detach(), beta, bool(every_pair))
     return (w.squeeze(0), new_t.squeeze(0)) if single else (w, new_t)
 
 

@@ -28,6 +28,8 @@ import math
 import torch
 from torch import Tensor
 
+#: GradVac's epsilon, relative to the gradient scale (LibMTL's absolute 1e-8 times max_k G_kk in
+#: the cosine's denominator, times its square root in the adjustment's)
 GRADVAC_EPS = 1e-8
 # PE-LTR: eigenvalues of the KKT matrix at or below this times the largest are treated as zero
 # (the matrix is built on G / max_k G_kk). The C++ kernel decides the rank differently, by
@@ -85,26 +87,40 @@ def pcgrad_full(J: Tensor, order: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------------- GradVac
 
-def _gradvac_delta(norm_c: float, norm_j: float, phi: float, phihat: float) -> float:
+def _gradvac_delta(norm_c: float, norm_j: float, phi: float, phihat: float, eps: float) -> float:
     """Coefficient of g_j that moves cos(gpc_i, g_j) from phi to phihat (LibMTL)."""
     root_hat = math.sqrt(max(1.0 - phihat * phihat, 0.0))
     root_phi = math.sqrt(max(1.0 - phi * phi, 0.0))
-    return norm_c * (phihat * root_phi - phi * root_hat) / (norm_j * root_hat + GRADVAC_EPS)
+    return norm_c * (phihat * root_phi - phi * root_hat) / (norm_j * root_hat + eps)
 
 
-def gradvac_weights(gram: Tensor, order: Tensor, target: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+def _gradvac_scale(diagonal: Tensor) -> float:
+    """The squared gradient scale the epsilons are relative to: ``max_k G_kk`` (1 if all zero)."""
+    scale = float(diagonal.max()) if diagonal.numel() else 0.0
+    return scale if scale > 0.0 else 1.0
+
+
+def _cosine(raw: float) -> float:
+    return min(max(raw, -1.0), 1.0)
+
+
+def gradvac_weights(gram: Tensor, order: Tensor, target: Tensor, beta: float,
+                    every_pair: bool) -> tuple[Tensor, Tensor]:
     """GradVac weights ``[N, T]`` and the updated cosine targets ``[N, T, T]``.
 
     For each task i: ``c = e_i``; for j in ``order[n, i]`` (j != i):
-    ``phi = (G c)_j / (sqrt(c^T G c) sqrt(G_jj) + 1e-8)``; if ``phi < target_ij`` (and
-    ``G_jj > 0``) add ``_gradvac_delta`` to ``c_j``; always
-    ``target_ij <- (1 - beta) target_ij + beta phi``. ``w = sum_i c``. ``target`` is not modified.
+    ``phi = clamp((G c)_j / (sqrt(c^T G c) sqrt(G_jj) + 1e-8 s), -1, 1)`` with
+    ``s = max_k G_kk``; if ``phi < target_ij`` (and ``G_jj > 0``) add ``_gradvac_delta`` (eps
+    ``1e-8 sqrt(s)``) to ``c_j``; then ``target_ij <- (1 - beta) target_ij + beta phi`` for
+    every visited pair (``every_pair``: TorchJD) or only the adjusted ones (LibMTL). ``w = sum_i c``.
+    ``target`` is not modified.
     """
     N, T, _ = gram.shape
     target = target.clone()
     w = torch.zeros(N, T, dtype=gram.dtype, device=gram.device)
     for n in range(N):
         G = gram[n]
+        scale = _gradvac_scale(G.diagonal())
         for i in range(T):
             c = torch.zeros(T, dtype=gram.dtype, device=gram.device)
             c[i] = 1.0
@@ -115,16 +131,19 @@ def gradvac_weights(gram: Tensor, order: Tensor, target: Tensor, beta: float) ->
                 gjj = float(G[j, j])
                 norm_c = math.sqrt(max(float(c @ Gc), 0.0))
                 norm_j = math.sqrt(max(gjj, 0.0))
-                phi = float(Gc[j]) / (norm_c * norm_j + GRADVAC_EPS)
+                phi = _cosine(float(Gc[j]) / (norm_c * norm_j + GRADVAC_EPS * scale))
                 phihat = float(target[n, i, j])
-                if phi < phihat and gjj > 0.0:
-                    c[j] += _gradvac_delta(norm_c, norm_j, phi, phihat)
-                target[n, i, j] = (1.0 - beta) * phihat + beta * phi
+                adjust = phi < phihat and gjj > 0.0
+                if adjust:
+                    c[j] += _gradvac_delta(norm_c, norm_j, phi, phihat, GRADVAC_EPS * math.sqrt(scale))
+                if adjust or every_pair:
+                    target[n, i, j] = (1.0 - beta) * phihat + beta * phi
             w[n] += c
     return w, target
 
 
-def gradvac_full(J: Tensor, order: Tensor, target: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+def gradvac_full(J: Tensor, order: Tensor, target: Tensor, beta: float,
+                 every_pair: bool) -> tuple[Tensor, Tensor]:
     """GradVac on ``J [T, P]`` itself with ``order [T, T]`` and ``target [T, T]``.
 
     Returns ``(d [P], updated target [T, T])``; same rule as ``gradvac_weights`` with norms
@@ -133,6 +152,7 @@ def gradvac_full(J: Tensor, order: Tensor, target: Tensor, beta: float) -> tuple
     T = J.shape[0]
     target = target.clone()
     d = torch.zeros_like(J[0])
+    scale = _gradvac_scale((J * J).sum(1))
     for i in range(T):
         g = J[i].clone()
         for j in order[i].tolist():
@@ -140,11 +160,13 @@ def gradvac_full(J: Tensor, order: Tensor, target: Tensor, beta: float) -> tuple
                 continue
             norm_c = float(g.norm())
             norm_j = float(J[j].norm())
-            phi = float(g @ J[j]) / (norm_c * norm_j + GRADVAC_EPS)
+            phi = _cosine(float(g @ J[j]) / (norm_c * norm_j + GRADVAC_EPS * scale))
             phihat = float(target[i, j])
-            if phi < phihat and norm_j > 0.0:
-                g = g + _gradvac_delta(norm_c, norm_j, phi, phihat) * J[j]
-            target[i, j] = (1.0 - beta) * phihat + beta * phi
+            adjust = phi < phihat and norm_j > 0.0
+            if adjust:
+                g = g + _gradvac_delta(norm_c, norm_j, phi, phihat, GRADVAC_EPS * math.sqrt(scale)) * J[j]
+            if adjust or every_pair:
+                target[i, j] = (1.0 - beta) * phihat + beta * phi
         d += g
     return d, target
 

@@ -73,22 +73,40 @@ def test_pcgrad_mean_reduction_and_state_resume():
     assert torch.equal(wa, wb)
 
 
-def test_gradvac_matches_full_vector_reference_and_resumes():
+@pytest.mark.parametrize("ema,every_pair", [("libmtl", False), ("torchjd", True)])
+def test_gradvac_matches_full_vector_reference_and_resumes(ema, every_pair):
     p = Problem(T=3, seed=8)
-    method = GradVac(beta=0.3, seed=2)
+    method = GradVac(beta=0.3, ema=ema, seed=2)
     target = torch.zeros(3, 3, dtype=torch.float64)
     for step in range(3):
         J = p.jacobian()
         orders = copy.deepcopy(method.order).draw(3)
-        expected, target = gradvac_full(J, orders, target, 0.3)
+        expected, target = gradvac_full(J, orders, target, 0.3, every_pair)
         _, grad = run(method, p)
         torch.testing.assert_close(grad, expected, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(method.target, target, rtol=1e-10, atol=1e-12)
-    clone = GradVac(beta=0.3, seed=0)
+    clone = GradVac(beta=0.3, ema=ema, seed=0)
     clone.load_state_dict(method.state_dict())
     wa, _ = run(method, p)
     wb, _ = run(clone, p)
     assert torch.equal(wa, wb)
+
+
+@pytest.mark.parametrize("make", [PCGrad, GradVac])
+def test_orders_follow_torch_manual_seed_unless_a_seed_is_given(make):
+    torch.manual_seed(5)
+    a, b = make(), make()
+    torch.manual_seed(5)
+    c = make()
+    draws = [m.order.draw(6) for m in (a, b, c)]
+    assert not torch.equal(draws[0], draws[1])  # two methods in a row: different orders
+    assert torch.equal(draws[0], draws[2])      # the same global seed: the same orders
+    assert torch.equal(make(seed=3).order.draw(6), make(seed=3).order.draw(6))
+
+
+def test_gradvac_rejects_an_unknown_ema_rule():
+    with pytest.raises(ValueError, match="ema must be one of"):
+        GradVac(ema="paper")
 
 
 def test_gradvac_with_zero_target_and_beta_is_pcgrad():

@@ -252,12 +252,13 @@ def test_gradvac_with_zero_target_and_rate_is_pcgrad(backend, kind, T):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["random", "rank_deficient", "identical", "opposite", "one_zero"])
 @pytest.mark.parametrize("T", [2, 3, 5])
-def test_gradvac_gram_form_matches_the_loop_on_gradients(backend, kind, T):
+@pytest.mark.parametrize("every_pair", [True, False])
+def test_gradvac_gram_form_matches_the_loop_on_gradients(backend, kind, T, every_pair):
     J = make_J(3, T, kind, P=20)
     o, t = orders(3, T), targets(3, T)
-    w, new_t = S.gradvac_weights(gram_of(J), o, t, 0.5, backend=backend)
+    w, new_t = S.gradvac_weights(gram_of(J), o, t, 0.5, every_pair=every_pair, backend=backend)
     for n in range(3):
-        d, tn = R.gradvac_full(J[n], o[n], t[n], 0.5)
+        d, tn = R.gradvac_full(J[n], o[n], t[n], 0.5, every_pair)
         # a projected gradient cancelled to zero has a noise cosine (see the parity test)
         generic = kind == "random"
         torch.testing.assert_close(J[n].t() @ w[n], d, rtol=1e-9, atol=1e-9 if generic else 1e-7)
@@ -291,12 +292,55 @@ def test_gradvac_ema_of_the_target(backend):
     target = targets(8, 2)
     keep = target.clone()
     beta = 0.25
-    _, new_t = S.gradvac_weights(G, orders(8, 2), target, beta, backend=backend)
+    _, new_t = S.gradvac_weights(G, orders(8, 2), target, beta, every_pair=True, backend=backend)
     cos = torch.nn.functional.cosine_similarity(J[:, 0], J[:, 1], dim=-1)
     want = (1 - beta) * target + beta * cos.view(-1, 1, 1)
     off = ~torch.eye(2, dtype=torch.bool).expand(8, 2, 2)
     torch.testing.assert_close(new_t[off], want[off], rtol=0, atol=1e-7)
     assert torch.equal(new_t[~off], keep[~off]) and torch.equal(target, keep)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradvac_libmtl_rule_moves_only_the_adjusted_targets(backend):
+    """T = 2 with c = e_i: the pair (i, j) fires iff cos(g_i, g_j) < target_ij; LibMTL's rule
+    moves exactly those targets, the paper's every visited one."""
+    J = make_J(8, 2, "random", P=5)
+    G = gram_of(J)
+    target = targets(8, 2)
+    beta = 0.25
+    _, libmtl = S.gradvac_weights(G, orders(8, 2), target, beta, every_pair=False, backend=backend)
+    _, paper = S.gradvac_weights(G, orders(8, 2), target, beta, every_pair=True, backend=backend)
+    cos = torch.nn.functional.cosine_similarity(J[:, 0], J[:, 1], dim=-1).view(-1, 1, 1).expand(8, 2, 2)
+    off = ~torch.eye(2, dtype=torch.bool).expand(8, 2, 2)
+    fired = off & (cos < target)
+    assert fired.any() and (off & ~fired).any()
+    torch.testing.assert_close(libmtl[fired], paper[fired], rtol=0, atol=0)
+    assert torch.equal(libmtl[~fired], target[~fired])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("every_pair", [True, False])
+def test_gradvac_does_not_depend_on_the_gradient_scale(backend, every_pair):
+    """The epsilons are relative: J and 1e-6 J (G and 1e-12 G) give the same weights and targets."""
+    J = make_J(6, 4, "random", P=9)
+    o, t = orders(6, 4), targets(6, 4)
+    w, nt = S.gradvac_weights(gram_of(J), o, t, 0.5, every_pair=every_pair, backend=backend)
+    w_small, nt_small = S.gradvac_weights(gram_of(1e-6 * J), o, t, 0.5, every_pair=every_pair, backend=backend)
+    torch.testing.assert_close(w_small, w, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(nt_small, nt, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradvac_targets_stay_cosines_on_collinear_gradients(backend):
+    """Rows a, -2a, 3a: a projection can cancel a gradient to rounding noise, whose raw cosine
+    is far outside [-1, 1]; the stored targets stay in [-1, 1] and the next steps run."""
+    a = torch.tensor([1.0, 2.0], dtype=F64)
+    G = gram_of(torch.stack([a, -2 * a, 3 * a]).unsqueeze(0))
+    o = torch.tensor([[[0, 1, 2], [0, 1, 2], [1, 0, 2]]])
+    t = torch.zeros(1, 3, 3, dtype=F64)
+    for _ in range(3):
+        w, t = S.gradvac_weights(G, o, t, 0.5, backend=backend)
+        assert t.abs().max() <= 1.0 and torch.isfinite(w).all()
 
 
 # ------------------------------------------------------------------------------------ PE-LTR
@@ -357,7 +401,7 @@ def test_peltr_edge_cases(backend):
 def op_cases():
     G = gram_of(make_J(3, 4, "random"))
     o, t, c = orders(3, 4), targets(3, 4), bounds(3, 4)
-    return [("pcgrad_weights", (G, o)), ("gradvac_weights", (G, o, t, 0.5)),
+    return [("pcgrad_weights", (G, o)), ("gradvac_weights", (G, o, t, 0.5, False)),
             ("mgda_weights", (G, 250, 1e-5)), ("peltr_weights", (G, c))]
 
 
@@ -416,7 +460,7 @@ def test_fake_tensors_propagate_shapes():
         G = torch.empty(5, 3, 3, dtype=F64)
         o = torch.empty(5, 3, 3, dtype=torch.int64)
         assert torch.ops.mtlk.pcgrad_weights(G, o).shape == (5, 3)
-        w, t = torch.ops.mtlk.gradvac_weights(G, o, torch.empty(5, 3, 3, dtype=F64), 0.5)
+        w, t = torch.ops.mtlk.gradvac_weights(G, o, torch.empty(5, 3, 3, dtype=F64), 0.5, True)
         assert w.shape == (5, 3) and t.shape == (5, 3, 3)
         assert torch.ops.mtlk.mgda_weights(G, 10, 0.0).shape == (5, 3)
         assert torch.ops.mtlk.peltr_weights(G, torch.empty(5, 3, dtype=F64)).shape == (5, 3)

@@ -163,11 +163,11 @@ def test_compiled_ops_check_arguments_themselves():
     with pytest.raises(ValueError, match=r"pcgrad_weights: order must be \[N, T, T\]"):
         ops.pcgrad_weights(G, order[:, :, :2])
     with pytest.raises(TypeError, match=r"gradvac_weights: order must be int64"):
-        ops.gradvac_weights(G, order.int(), target, 0.5)
+        ops.gradvac_weights(G, order.int(), target, 0.5, True)
     with pytest.raises(ValueError, match=r"gradvac_weights: target must be \[N, T, T\]"):
-        ops.gradvac_weights(G, order, target[:2], 0.5)
+        ops.gradvac_weights(G, order, target[:2], 0.5, True)
     with pytest.raises(ValueError, match=r"gradvac_weights: beta"):
-        ops.gradvac_weights(G, order, target, 2.0)
+        ops.gradvac_weights(G, order, target, 2.0, True)
     with pytest.raises(ValueError, match=r"mgda_weights: max_iter must be >= 0"):
         ops.mgda_weights(G, -1, 1e-5)
     with pytest.raises(ValueError, match=r"peltr_weights: lower_bounds must be \[N, T\]"):
@@ -175,4 +175,4 @@ def test_compiled_ops_check_arguments_themselves():
     bad = order.clone()
     bad[2, 0, 0] = 7
     with pytest.raises(ValueError, match=r"gradvac_weights: order\[2, 0\] must be a permutation"):
-        ops.gradvac_weights(G, bad, target, 0.5)
+        ops.gradvac_weights(G, bad, target, 0.5, True)

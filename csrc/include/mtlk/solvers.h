@@ -8,10 +8,14 @@
 //   pcgrad   (Yu et al., NeurIPS 2020; Gram form of torchjd, order semantics of LibMTL):
 //            for each task i: c = e_i; for j in order[i] (j != i): ip = (G c)_j;
 //            if ip < 0 and G_jj > 0: c_j -= ip / G_jj.  w = sum_i c  (sum convention).
-//   gradvac  (Wang et al., ICLR 2021; LibMTL conventions): as pcgrad, but the pair (i, j)
-//            is adjusted when phi = cos(gpc_i, g_j) < target_ij, which sets the cosine to
-//            target_ij; the EMA target_ij <- (1 - beta) target_ij + beta phi runs for every
-//            visited pair, with phi taken before the adjustment. w = sum_i c.
+//   gradvac  (Wang et al., ICLR 2021): as pcgrad, but the pair (i, j) is adjusted when
+//            phi = cos(gpc_i, g_j) < target_ij, which sets the cosine to target_ij; phi is
+//            clamped to [-1, 1] and taken before the adjustment; the EMA
+//            target_ij <- (1 - beta) target_ij + beta phi runs only for the pairs whose
+//            adjustment fired (every_pair = false: LibMTL and the authors' SamsungLabs code)
+//            or for every visited pair (every_pair = true: TorchJD). The epsilons of both denominators are relative
+//            to the scale of G (kGradVacEps times its largest diagonal entry, or its square
+//            root), so J and s J give the same weights. w = sum_i c.
 //   mgda     (Sener & Koltun, NeurIPS 2018): w in the simplex minimising w^T G w. T = 2 is
 //            the exact closed form returning exact {0, 1} at the ends (the reference codes
 //            clamp to 0.001 / 0.999); T > 2 starts from the best pair and runs Frank-Wolfe
@@ -40,7 +44,8 @@ enum SolverStatus : int {
   kSolverBadLowerBounds = 4,   // a PE-LTR lower bound < 0 or NaN, or sum > 1 + 1e-12
 };
 
-// Absolute epsilon of the GradVac cosine and adjustment denominators (LibMTL).
+// Relative epsilon of the GradVac cosine and adjustment denominators: LibMTL's absolute 1e-8,
+// times max_k G_kk (cosine) or its square root (adjustment).
 constexpr double kGradVacEps = 1e-8;
 // Slack on sum(lower_bounds) <= 1.
 constexpr double kLowerBoundsSlack = 1e-12;
@@ -128,9 +133,10 @@ MTLK_HOST_DEVICE int pcgrad_solve(const double* G, const int64_t* order, int64_t
 }
 
 // GradVac weights of one problem; target [T, T] (phihat, row i = task i) is read and
-// updated in place by the EMA with rate beta. Scratch gradvac_scratch(T).
+// updated in place by the EMA with rate beta (every visited pair, or only the adjusted ones).
+// Scratch gradvac_scratch(T).
 MTLK_HOST_DEVICE int gradvac_solve(const double* G, const int64_t* order, double* target, double beta,
-                                   int64_t T, double* w, double* scratch) {
+                                   bool every_pair, int64_t T, double* w, double* scratch) {
   for (int64_t k = 0; k < T; ++k) w[k] = 0.0;
   if (!all_finite(G, T * T)) return kSolverNonFiniteGram;
   for (int64_t k = 0; k < T * T; ++k) {
@@ -139,6 +145,11 @@ MTLK_HOST_DEVICE int gradvac_solve(const double* G, const int64_t* order, double
   for (int64_t i = 0; i < T; ++i) {
     if (!is_permutation(order + i * T, T)) return kSolverBadOrder;
   }
+  double scale = 0.0;
+  for (int64_t k = 0; k < T; ++k) scale = G[k * T + k] > scale ? G[k * T + k] : scale;
+  if (!(scale > 0.0)) scale = 1.0;  // every gradient is zero: no pair is ever adjusted
+  const double eps_cos = kGradVacEps * scale;
+  const double eps_adjust = kGradVacEps * sqrt(scale);
   double* c = scratch;
   double* Gc = scratch + T;
   for (int64_t i = 0; i < T; ++i) {
@@ -151,18 +162,20 @@ MTLK_HOST_DEVICE int gradvac_solve(const double* G, const int64_t* order, double
       const double gjj = G[j * T + j];
       const double norm_c = sqrt(clamp0(cGc));
       const double norm_j = sqrt(clamp0(gjj));
-      const double phi = Gc[j] / (norm_c * norm_j + kGradVacEps);
+      const double raw = Gc[j] / (norm_c * norm_j + eps_cos);
+      const double phi = raw < -1.0 ? -1.0 : (raw > 1.0 ? 1.0 : raw);
       const double phihat = target[i * T + j];
-      if (phi < phihat && gjj > 0.0) {
+      const bool adjust = phi < phihat && gjj > 0.0;
+      if (adjust) {
         const double root_hat = sqrt(clamp0(1.0 - phihat * phihat));
         const double root_phi = sqrt(clamp0(1.0 - phi * phi));
         const double delta =
-            norm_c * (phihat * root_phi - phi * root_hat) / (norm_j * root_hat + kGradVacEps);
+            norm_c * (phihat * root_phi - phi * root_hat) / (norm_j * root_hat + eps_adjust);
         add_coefficient(G, T, j, delta, c, Gc);
         cGc = 0.0;
         for (int64_t l = 0; l < T; ++l) cGc += c[l] * Gc[l];
       }
-      target[i * T + j] = (1.0 - beta) * phihat + beta * phi;
+      if (adjust || every_pair) target[i * T + j] = (1.0 - beta) * phihat + beta * phi;
     }
     for (int64_t k = 0; k < T; ++k) w[k] += c[k];
   }
