@@ -120,6 +120,16 @@ def test_non_finite_loss_is_rejected_before_any_update(bad):
     assert all(q.grad is None for q in p.model.parameters())
 
 
+@pytest.mark.parametrize("make", [EW, lambda: UncertaintyWeighting(2), lambda: DWA(2)])
+def test_weighting_methods_pass_a_non_finite_gradient_of_finite_losses_through(make):
+    """The documented contract: weighting methods check the losses, not the gradients (one
+    backward, no per-task gradient to inspect); a NaN gradient reaches ``.grad`` as it is."""
+    w = torch.tensor([0.0, 1.0], requires_grad=True)
+    losses = torch.stack([w.sqrt().sum(), (w * w).sum()])  # finite; d sqrt(x)/dx at 0 is inf
+    make().backward(losses, [w])
+    assert not torch.isfinite(w.grad).all()
+
+
 def test_gradnorm_moves_weight_towards_the_slower_task_and_resumes():
     from mtlkernels.balance import GradNorm
 
