@@ -5,7 +5,9 @@
 fills ``.grad`` of the shared parameters (the methods' combination of the task gradients)
 and of every other parameter the losses reach (the gradient of ``sum_t w_t L_t``), then you
 call ``optimizer.step()``. Stateful methods are ``nn.Module``s: ``state_dict()`` resumes them.
+``aggregate(method, J)`` applies a gradient method to task gradients held already.
 """
+from mtlkernels.balance.aggregate import aggregate
 from mtlkernels.balance.dwa import DWA
 from mtlkernels.balance.ew import EW
 from mtlkernels.balance.gradnorm import GradNorm
@@ -16,4 +18,4 @@ from mtlkernels.balance.pcgrad import PCGrad
 from mtlkernels.balance.peltr import PELTR
 from mtlkernels.balance.uw import UncertaintyWeighting
 
-__all__ = ["DWA", "EW", "GradNorm", "GradVac", "MGDA", "PCGrad", "PELTR", "UncertaintyWeighting", "task_gradients"]
+__all__ = ["aggregate", "DWA", "EW", "GradNorm", "GradVac", "MGDA", "PCGrad", "PELTR", "UncertaintyWeighting", "task_gradients"]

@@ -126,8 +126,18 @@ class GramMethod(nn.Module):
     of ``sum_t w_t L_t`` fills every gradient: almost the cost of an EW step.
     """
 
+    #: whether ``gram_weights`` reads the loss values (MGDA's loss normalisations)
+    reads_losses = False
+
     def gram_weights(self, G: Tensor, losses: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def aggregate_weights(self, blocks: list[Tensor], losses: Tensor) -> Tensor:
+        """The weights ``[T]`` of the task-gradient ``blocks`` (``mtlkernels.balance.aggregate``)."""
+        G = gram(blocks)
+        check_gram(G)
+        self.last_gram = G
+        return self.gram_weights(G, losses)
 
     def _solve(self, losses: Tensor, inputs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
         """Task-gradient blocks at ``inputs`` and the method's weights (checked finite first)."""

@@ -65,18 +65,30 @@ class GradVac(GrowingBuffers, GramMethod):
         self.target = new_target.to(self.target.device)
         return w
 
+    def layer_weights(self, blocks: list[Tensor]) -> Tensor:
+        """Per-layer granularity: ``[K, T]`` weights, one row per block, each from its own Gram
+        and targets."""
+        T = blocks[0].shape[0]
+        Gk = block_grams(blocks)  # [K, T, T]
+        check_gram(Gk.sum(0))
+        targets = self._targets((len(blocks), T, T)).to(Gk.device)
+        orders = torch.stack([self.order.draw(T) for _ in blocks]).to(Gk.device)
+        W, new_targets = gradvac_weights(Gk, orders, targets, self.beta, every_pair=EMA_RULES[self.ema])
+        self.target = new_targets.to(self.target.device)
+        return W
+
+    def aggregate_weights(self, blocks: list[Tensor], losses: Tensor) -> Tensor:
+        if self.granularity == "model":
+            return super().aggregate_weights(blocks, losses)
+        return self.layer_weights(blocks)
+
     def backward(self, losses: Tensor, shared=None, *, representation: Tensor | None = None) -> Tensor:
         if self.granularity == "model" or representation is not None:
             return super().backward(losses, shared, representation=representation)
-        T = check_losses(losses)
+        check_losses(losses)
         params = shared_list(shared)
         blocks = task_gradients(losses, params)
-        Gk = block_grams(blocks)  # [K, T, T]
-        check_gram(Gk.sum(0))
-        targets = self._targets((len(params), T, T)).to(Gk.device)
-        orders = torch.stack([self.order.draw(T) for _ in params]).to(Gk.device)
-        W, new_targets = gradvac_weights(Gk, orders, targets, self.beta, every_pair=EMA_RULES[self.ema])  # [K, T]
-        self.target = new_targets.to(self.target.device)
+        W = self.layer_weights(blocks)
         for k, p in enumerate(params):
             accumulate([p], [blocks[k]], W[k].to(losses.dtype))
         w = W.mean(0).to(losses.dtype)

@@ -30,6 +30,10 @@ class MGDA(GramMethod):
             raise ValueError(f"MGDA: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
         self.normalization, self.max_iter, self.tol = normalization, max_iter, tol
 
+    @property
+    def reads_losses(self) -> bool:
+        return self.normalization in ("loss", "loss+")
+
     def scales(self, G: Tensor, losses: Tensor) -> Tensor:
         norms = torch.sqrt(torch.diagonal(G).clamp_min(0))
         losses = losses.to(G.dtype)
