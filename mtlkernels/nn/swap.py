@@ -112,7 +112,8 @@ def ple_from(levels: Sequence[dict], towers: Sequence[nn.Module]) -> PLE:
     """A ``PLE`` from per-level lists of modules. Each level is a dict with
     ``task_experts`` (T lists of expert MLPs), ``shared_experts`` (a list), ``task_gates``
     (T gate modules, gate k over task k's experts then the shared ones) and ``shared_gate``
-    (a gate over all experts, task 0's first, then the shared ones; None at the last level)."""
+    (a gate over all experts, task 0's first, then the shared ones; None at the last level, and
+    dropped when there are no shared experts, since no expert reads its mixture)."""
     first = levels[0]
     T = len(first["task_experts"])
     counts = [len(e) for e in first["task_experts"]]
@@ -134,7 +135,7 @@ def ple_from(levels: Sequence[dict], towers: Sequence[nn.Module]) -> PLE:
         if [len(e) for e in lvl["task_experts"]] != counts or len(lvl["shared_experts"]) != m_s:
             raise ValueError(f"swap: level {j} has different expert counts than level 0")
         gates = list(lvl["task_gates"])
-        if j < len(levels) - 1:
+        if j < len(levels) - 1 and m_s > 0:  # without shared experts a shared gate feeds nothing: dropped
             if lvl.get("shared_gate") is None:
                 raise ValueError(f"swap: inner level {j} needs a shared_gate")
             gates.append(lvl["shared_gate"])
