@@ -118,12 +118,33 @@ def test_gradvac_with_zero_target_and_beta_is_pcgrad():
     torch.testing.assert_close(gv, gp, rtol=1e-5, atol=1e-9)
 
 
-def test_gradvac_per_layer_uses_one_target_per_parameter():
+@pytest.mark.parametrize("ema,every_pair", [("libmtl", False), ("torchjd", True)])
+def test_gradvac_per_layer_is_the_reference_on_each_parameter(ema, every_pair):
+    """Each shared parameter: its own gradient block, order, target and update (the full-vector
+    reference on that block); the task heads get the gradient of sum_t wbar_t L_t with wbar the
+    mean of the per-layer weights."""
     p = Problem(T=3, seed=10)
-    method = GradVac(granularity="layer", seed=1)
-    w, _ = run(method, p)
-    assert method.target.shape == (len(p.shared()), 3, 3)
-    assert w.shape == (3,)
+    method = GradVac(beta=0.4, granularity="layer", ema=ema, seed=1)
+    shared = p.shared()
+    targets = torch.zeros(len(shared), 3, 3, dtype=torch.float64)
+    for step in range(2):
+        losses = p.losses()
+        blocks = [torch.stack([torch.autograd.grad(losses[t], q, retain_graph=True)[0] for t in range(3)])
+                  for q in shared]
+        order_gen = copy.deepcopy(method.order)
+        expected = []
+        for k, b in enumerate(blocks):
+            J = b.reshape(3, -1).double()
+            d, targets[k] = gradvac_full(J, order_gen.draw(3), targets[k], 0.4, every_pair)
+            expected.append(d.view_as(shared[k]))
+        w, _ = run(method, p)
+        for q, d in zip(shared, expected):
+            torch.testing.assert_close(q.grad, d, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(method.target, targets, rtol=1e-10, atol=1e-12)
+        assert w.shape == (3,)
+        heads = torch.autograd.grad((w * p.losses()).sum(), p.specific())
+        for q, g in zip(p.specific(), heads):
+            torch.testing.assert_close(q.grad, g, rtol=1e-10, atol=1e-12)
 
 
 def mgda_optimal(G, w, rtol=1e-3):
@@ -137,13 +158,20 @@ def mgda_optimal(G, w, rtol=1e-3):
 
 @pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
 def test_mgda_weights_are_min_norm_and_applied_to_raw_gradients(normalization):
+    """w is the min-norm point of the NORMALISED gradients g_i / s_i (s_i = 1, |g_i|, L_i,
+    L_i |g_i|), applied to the raw ones: d = J^T w."""
     p = Problem(T=4, seed=11)
     J = p.jacobian()
+    L = p.losses().detach().double()
+    norms = J.norm(dim=1)
+    s = {"none": torch.ones(4, dtype=torch.float64), "l2": norms, "loss": L, "loss+": L * norms}[normalization]
     w, grad = run(MGDA(normalization=normalization, max_iter=2000, tol=1e-12), p)
     assert abs(float(w.sum()) - 1) < 1e-12 and bool((w >= 0).all())
     torch.testing.assert_close(grad, J.T @ w, rtol=1e-9, atol=1e-12)
-    if normalization == "none":
-        assert mgda_optimal(J @ J.T, w.double())
+    Jn = J / s[:, None]
+    assert mgda_optimal(Jn @ Jn.T, w.double())
+    if normalization != "none":  # the scaling matters: w is not the raw problem's solution
+        assert not mgda_optimal(J @ J.T, w.double(), rtol=1e-6)
 
 
 def test_mgda_ub_uses_the_representation_and_one_backward():

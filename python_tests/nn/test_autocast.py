@@ -19,6 +19,8 @@ def test_bf16_autocast_losses_within_tolerance(make):
     x = torch.randn(256, 32)
     labels = (torch.rand(256, model.num_tasks) < 0.3).float()
     fp32 = bce_from_logits(model(x), labels)
+    params = list(model.parameters())
+    want = torch.autograd.grad(fp32.sum(), params)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(x)
     assert logits.dtype == torch.bfloat16
@@ -26,7 +28,12 @@ def test_bf16_autocast_losses_within_tolerance(make):
     # bf16 matmuls carry ~2^-8 relative error per product; the losses agree to about 1%
     torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=1e-2)
     bf16.sum().backward()
-    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    for (name, p), g in zip(model.named_parameters(), want):
+        assert p.grad is not None and p.grad.dtype == torch.float32, name  # master weights stay fp32
+        assert torch.isfinite(p.grad).all(), name
+        # every gradient points where the float32 one does
+        cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), g.flatten(), dim=0)
+        assert float(cos) > 0.95, (name, float(cos))
 
 
 def test_gate_mix_casts_mixed_inputs_under_autocast():
