@@ -1,9 +1,10 @@
 // Per-task gradient algebra on CUDA (same contract as csrc/cpu/gram.cpp).
 //
-// gram: one block per chunk of kChunk elements of a parameter block; the chunk's T rows are
-// staged tile by tile in shared memory, each thread owns some (i, j <= ...) pairs and
-// accumulates their dot products in double, and the chunk partials are atomically added into
-// the float64 G (no host synchronisation). combine_: one thread per element of P.
+// gram: one block per chunk of kGramChunk elements of a parameter block; the chunk's T rows are
+// staged tile by tile in shared memory AS DOUBLE, each thread owns some (i, j >= i) pairs and
+// sums their tile products in double, and the chunk partials are atomically added into the
+// float64 G (no host synchronisation). The tile math lives in mtlk/gram_tiles.h, which the C++
+// tests run on the host. combine_: one thread per element of P.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -14,56 +15,45 @@
 #include <torch/library.h>
 
 #include "gram_checks.h"
+#include "mtlk/gram_tiles.h"
 
 namespace mtlk {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTileP = 128;        // elements of P staged per shared-memory tile
-constexpr int64_t kChunk = 8192;   // elements of P per block
 constexpr int kMaxPairsPerThread = 8;
 
 template <typename scalar_t>
 __global__ void gram_kernel(const scalar_t* __restrict__ rows, int64_t ld, int64_t T, int64_t n,
                             double* __restrict__ G) {
-  extern __shared__ float tile[];  // [T][kTileP]
-  const int64_t lo = static_cast<int64_t>(blockIdx.x) * kChunk;
-  const int64_t hi = lo + kChunk < n ? lo + kChunk : n;
-  const int64_t pairs = T * (T + 1) / 2;
+  extern __shared__ double tile[];  // [T][kGramTile]
+  const int64_t lo = static_cast<int64_t>(blockIdx.x) * kGramChunk;
+  const int64_t hi = lo + kGramChunk < n ? lo + kGramChunk : n;
+  const int64_t pairs = gram_pairs(T);
   double acc[kMaxPairsPerThread];
 #pragma unroll
   for (int q = 0; q < kMaxPairsPerThread; ++q) acc[q] = 0.0;
-  for (int64_t p0 = lo; p0 < hi; p0 += kTileP) {
-    const int64_t len = hi - p0 < kTileP ? hi - p0 : kTileP;
-    for (int64_t e = threadIdx.x; e < T * kTileP; e += blockDim.x) {
-      const int64_t t = e / kTileP, p = e % kTileP;
-      tile[e] = p < len ? static_cast<float>(rows[t * ld + p0 + p]) : 0.0f;
+  for (int64_t p0 = lo; p0 < hi; p0 += kGramTile) {
+    const int64_t len = hi - p0 < kGramTile ? hi - p0 : kGramTile;
+    for (int64_t e = threadIdx.x; e < T * kGramTile; e += blockDim.x) {
+      const int64_t t = e / kGramTile, p = e % kGramTile;
+      tile[e] = p < len ? static_cast<double>(rows[t * ld + p0 + p]) : 0.0;
     }
     __syncthreads();
     for (int q = 0; q < kMaxPairsPerThread; ++q) {
       const int64_t pair = threadIdx.x + static_cast<int64_t>(q) * blockDim.x;
       if (pair >= pairs) break;
-      int64_t i = 0, rem = pair;  // pair -> (i, j) with j >= i, row-major over the upper triangle
-      while (rem >= T - i) {
-        rem -= T - i;
-        ++i;
-      }
-      const int64_t j = i + rem;
-      float s = 0.0f;
-      for (int p = 0; p < kTileP; ++p) s += tile[i * kTileP + p] * tile[j * kTileP + p];
-      acc[q] += static_cast<double>(s);
+      int64_t i, j;
+      gram_pair(pair, T, &i, &j);
+      acc[q] += gram_tile_dot(tile, i, j);
     }
     __syncthreads();
   }
   for (int q = 0; q < kMaxPairsPerThread; ++q) {
     const int64_t pair = threadIdx.x + static_cast<int64_t>(q) * blockDim.x;
     if (pair >= pairs) break;
-    int64_t i = 0, rem = pair;
-    while (rem >= T - i) {
-      rem -= T - i;
-      ++i;
-    }
-    const int64_t j = i + rem;
+    int64_t i, j;
+    gram_pair(pair, T, &i, &j);
     atomicAdd(G + i * T + j, acc[q]);
     if (i != j) atomicAdd(G + j * T + i, acc[q]);
   }
@@ -85,8 +75,8 @@ void accumulate_block_gram(const at::Tensor& block, double* G, int64_t T) {
   const at::Tensor rows = block.contiguous().view({block.size(0), -1});
   const int64_t n = rows.size(1);
   if (n == 0) return;
-  const unsigned grid = static_cast<unsigned>((n + kChunk - 1) / kChunk);
-  const size_t smem = sizeof(float) * T * kTileP;
+  const unsigned grid = static_cast<unsigned>((n + kGramChunk - 1) / kGramChunk);
+  const size_t smem = sizeof(double) * T * kGramTile;  // at most 63 tasks: 32 KiB
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, rows.scalar_type(), "gram_cuda", [&] {
     gram_kernel<scalar_t><<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
         rows.const_data_ptr<scalar_t>(), rows.stride(0), T, n, G);
