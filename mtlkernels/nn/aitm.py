@@ -24,11 +24,12 @@ class AITM(MultiTaskModel):
     two-token softmax-and-sum is the fused ``gate_mix``. Logits ``[B, T] = v_t . z_t + b_t``.
     Official sizes: towers 128 -> 64 -> 32, k = 32.
 
-    Shared: whatever produces ``x``. Representation: ``x``. Towers, transfer and attention
-    maps are task-specific (each belongs to one step of the funnel).
+    Shared: whatever produces ``x``, and every tower, transfer and attention map but the last
+    task's, since the information transfer carries tower t into every later task's logit.
+    Task specific: the last task's tower (``last_tower``), the last transfer and attention maps
+    and the heads (head t reaches task t's logit only; the calibrator couples neighbouring
+    tasks' losses, not their logits). Representation: ``x``.
     """
-
-    _task_specific = ("towers", "transfer", "attention", "heads")
 
     def __init__(self, input_dim: int, num_tasks: int, tower_hidden: Sequence[int] = (128, 64, 32), *,
                  dropout: float = 0.0, calibrator_alpha: float = 0.6):
@@ -41,23 +42,45 @@ class AITM(MultiTaskModel):
         self.num_tasks = num_tasks
         k = tower_hidden[-1]
         self.k = k
-        self.towers = GroupedMLP(num_tasks, input_dim, tower_hidden, shared_input=True, dropout=dropout)
-        steps = max(num_tasks - 1, 1)
-        self.transfer = GroupedLinear(steps, k, k, shared_input=False)
-        self.attention = GroupedLinear(steps, k, 3 * k, shared_input=False, bias=False)
+        # towers of tasks 0..T-2 in one grouped product, the last task's apart (task specific)
+        self.towers = (GroupedMLP(num_tasks - 1, input_dim, tower_hidden, shared_input=True, dropout=dropout)
+                       if num_tasks > 1 else None)
+        self.last_tower = GroupedMLP(1, input_dim, tower_hidden, shared_input=True, dropout=dropout)
+        # step s carries task s into task s + 1: weight [k, k] (transfer), [k, 3k] (attention)
+        self.transfer = nn.ParameterList(nn.Parameter(torch.empty(k, k)) for _ in range(num_tasks - 1))
+        self.transfer_bias = nn.ParameterList(nn.Parameter(torch.empty(k)) for _ in range(num_tasks - 1))
+        self.attention = nn.ParameterList(nn.Parameter(torch.empty(k, 3 * k)) for _ in range(num_tasks - 1))
         self.heads = GroupedLinear(num_tasks, k, 1, shared_input=False)
         self.dropout = dropout
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The transfer and attention maps as ``nn.Linear(k, .)`` initialises its weights."""
+        bound = 1.0 / math.sqrt(self.k)
+        for p in (*self.transfer, *self.transfer_bias, *self.attention):
+            nn.init.uniform_(p, -bound, bound)
+
+    def tower_outputs(self, x: Tensor) -> Tensor:
+        """``q [B, T, k]``: every task's tower on ``x``."""
+        last = self.last_tower(x)
+        return last if self.towers is None else torch.cat([self.towers(x), last], dim=1)
+
+    def task_specific_parameters(self):
+        yield from self.last_tower.parameters()
+        if self.num_tasks > 1:
+            yield from (self.transfer[-1], self.transfer_bias[-1], self.attention[-1])
+        yield from self.heads.parameters()
 
     def forward(self, x: Tensor, return_representation: bool = False):
-        q = self.towers(x)  # [B, T, k]
+        q = self.tower_outputs(x)  # [B, T, k]
         z = [q[:, 0]]
         for t in range(1, self.num_tasks):
             s = t - 1
-            p = torch.relu(torch.addmm(self.transfer.bias[s], z[-1], self.transfer.weight[s]))
+            p = torch.relu(torch.addmm(self.transfer_bias[s], z[-1], self.transfer[s]))
             if self.dropout > 0:
                 p = nn.functional.dropout(p, self.dropout, self.training)
             tokens = torch.stack([p, q[:, t]], dim=1)  # [B, 2, k]
-            h1, h2, h3 = (tokens @ self.attention.weight[s]).split(self.k, dim=-1)
+            h1, h2, h3 = (tokens @ self.attention[s]).split(self.k, dim=-1)
             scores = (h2 * h3).sum(-1, keepdim=True).transpose(1, 2) / math.sqrt(self.k)  # [B, 1, 2]
             z.append(gate_mix(h1, scores)[:, 0])
         logits = self.heads(torch.stack(z, dim=1)).squeeze(-1)  # [B, T]

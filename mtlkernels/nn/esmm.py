@@ -21,19 +21,22 @@ class ESMM(MultiTaskModel):
 
     Two towers on the shared input: CTR and CVR. ``forward`` returns logits ``[B, 2]``
     (column 0 pCTR, column 1 pCVR = p(conversion | click)); ``pCTCVR = pCTR * pCVR``.
-    Shared: whatever produces ``x`` (the embeddings; this module has no shared layer).
+    Shared: whatever produces ``x`` (the embeddings) and the CTR tower, which both tasks' losses
+    reach (click directly, conversion through pCTCVR); task specific: the CVR tower.
     Representation: ``x`` itself. Official tower widths (XDL): 200 -> 80.
     """
 
-    _task_specific = ("towers",)
+    _task_specific = ("cvr_tower",)
 
     def __init__(self, input_dim: int, tower_hidden: Sequence[int] = (200, 80), *, batch_norm: bool = False,
                  dropout: float = 0.0):
         super().__init__()
-        self.towers = Towers(2, input_dim, tower_hidden, shared_input=True, batch_norm=batch_norm, dropout=dropout)
+        kw = dict(shared_input=True, batch_norm=batch_norm, dropout=dropout)
+        self.ctr_tower = Towers(1, input_dim, tower_hidden, **kw)
+        self.cvr_tower = Towers(1, input_dim, tower_hidden, **kw)
 
     def forward(self, x: Tensor, return_representation: bool = False):
-        logits = self.towers(x)
+        logits = torch.cat([self.ctr_tower(x), self.cvr_tower(x)], dim=1)
         return (logits, x) if return_representation else logits
 
     @staticmethod
@@ -71,17 +74,22 @@ class ESM2(MultiTaskModel):
     from this (ALGORITHMS.md Part 6 item 13); we follow the paper's path impression -> click ->
     {DAction | OAction} -> purchase because its probabilities are consistent by construction.
     ``forward`` returns logits ``[B, 4]`` (y1..y4).
+
+    Shared: what produces ``x`` and the y1 and y2 towers (y1 reaches all three tasks, y2
+    pCTAVR's and pCTCVR's); task specific: the y3 and y4 towers (pCTCVR only).
     """
 
-    _task_specific = ("towers",)
+    _task_specific = ("purchase_towers",)
 
     def __init__(self, input_dim: int, tower_hidden: Sequence[int] = (200, 80), *, batch_norm: bool = False,
                  dropout: float = 0.0):
         super().__init__()
-        self.towers = Towers(4, input_dim, tower_hidden, shared_input=True, batch_norm=batch_norm, dropout=dropout)
+        kw = dict(shared_input=True, batch_norm=batch_norm, dropout=dropout)
+        self.action_towers = Towers(2, input_dim, tower_hidden, **kw)    # y1, y2
+        self.purchase_towers = Towers(2, input_dim, tower_hidden, **kw)  # y3, y4
 
     def forward(self, x: Tensor, return_representation: bool = False):
-        logits = self.towers(x)
+        logits = torch.cat([self.action_towers(x), self.purchase_towers(x)], dim=1)
         return (logits, x) if return_representation else logits
 
     @staticmethod

@@ -99,10 +99,10 @@ def test_aitm_attention_is_q_dot_k_over_two_tokens():
     torch.manual_seed(3)
     model = mnn.AITM(10, 2, (8, 4)).double()
     x = torch.randn(7, 10, dtype=torch.float64)
-    q = model.towers(x).transpose(0, 1)  # [T, B, k]
-    p = torch.relu(x.new_tensor(0) + q[0] @ model.transfer.weight[0] + model.transfer.bias[0])
+    q = model.tower_outputs(x).transpose(0, 1)  # [T, B, k]
+    p = torch.relu(x.new_tensor(0) + q[0] @ model.transfer[0] + model.transfer_bias[0])
     u = torch.stack([p, q[1]], 1)
-    h = u @ model.attention.weight[0]
+    h = u @ model.attention[0]
     h1, h2, h3 = h[..., :4], h[..., 4:8], h[..., 8:]
     w = torch.softmax((h2 * h3).sum(-1) / 2.0, dim=1)
     z2 = (w.unsqueeze(-1) * h1).sum(1)
@@ -115,7 +115,9 @@ def test_aitm_attention_is_q_dot_k_over_two_tokens():
 def test_aitm_single_task_is_a_plain_tower():
     model = mnn.AITM(6, 1, (5, 3))
     x = torch.randn(4, 6)
-    torch.testing.assert_close(model(x)[:, 0], (model.towers(x)[:, 0] @ model.heads.weight[0] + model.heads.bias[0])[:, 0])
+    assert model.towers is None and len(model.transfer) == 0
+    torch.testing.assert_close(model(x)[:, 0],
+                               (model.last_tower(x)[:, 0] @ model.heads.weight[0] + model.heads.bias[0])[:, 0])
 
 
 def test_aitm_calibrator():
