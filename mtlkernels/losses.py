@@ -66,8 +66,8 @@ class MultiTaskLoss:
         if weights is not None:
             coef = weights.to(like.dtype)
             coef = coef[:, None].expand_as(like) if coef.dim() == 1 else coef
-        if mask is not None:
-            coef = mask.to(like.dtype) if coef is None else coef * mask
+        if mask is not None:  # an unobserved sample's weight may hold anything (NaN): it counts 0
+            coef = mask.to(like.dtype) if coef is None else torch.where(mask, coef, torch.zeros_like(coef))
         return coef
 
     def total_weight(self, labels: Tensor, mask: Tensor | None = None, weights: Tensor | None = None) -> Tensor:

@@ -101,6 +101,31 @@ def test_a_task_without_an_observed_sample_gives_zero_and_no_gradient(kinds):
     assert torch.equal(grad[~mask], torch.zeros(int((~mask).sum()), dtype=torch.float64))
 
 
+@pytest.mark.parametrize("per_task", [False, True])
+def test_an_unobserved_sample_weight_is_never_read(per_task):
+    """A NaN weight where the mask says unobserved (a per-task weight column left empty) changes
+    neither the losses nor their gradients."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 2, requires_grad=True)
+    labels = (torch.rand(6, 2) < 0.5).float()
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    mask[1, 0] = mask[4, 1] = False
+    weights = torch.rand(6, 2) + 0.5 if per_task else torch.rand(6) + 0.5
+    clean = MultiTaskLoss(["binary", "binary"])(logits, labels, mask, weights)
+    dirty_weights = weights.clone()
+    if per_task:
+        dirty_weights[1, 0] = dirty_weights[4, 1] = math.nan
+    else:
+        mask[2] = False
+        clean = MultiTaskLoss(["binary", "binary"])(logits, labels, mask, weights)
+        dirty_weights[2] = math.nan
+    dirty = MultiTaskLoss(["binary", "binary"])(logits, labels, mask, dirty_weights)
+    torch.testing.assert_close(dirty, clean)
+    (g,) = torch.autograd.grad(dirty.sum(), logits)
+    assert torch.isfinite(g).all()
+    assert torch.isfinite(MultiTaskLoss(["binary", "binary"]).total_weight(labels, mask, dirty_weights)).all()
+
+
 def test_zero_weights_of_a_task_give_zero():
     logits, labels = batch(["binary", "binary"])
     weights = torch.rand(B, 2, dtype=torch.float64)
