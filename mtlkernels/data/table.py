@@ -48,7 +48,7 @@ class TabularData:
                 raise ValueError(f"TabularData: {name} has {t.shape[0]} rows, labels {n}")
         if self.bags is not None and self.bags.lengths.shape[0] != n:
             raise ValueError(f"TabularData: bags have {self.bags.lengths.shape[0]} rows, labels {n}")
-        self._bag_starts = None
+        self._bag_starts = None  # (the lengths tensor they were computed from, row starts)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -71,11 +71,12 @@ class TabularData:
             return None
         values, lengths = self.bags
         row_len = lengths.sum(1)
-        if self._bag_starts is None:
-            self._bag_starts = torch.cumsum(row_len, 0) - row_len
+        if self._bag_starts is None or self._bag_starts[0] is not lengths:  # new bags assigned: recompute
+            self._bag_starts = (lengths, torch.cumsum(row_len, 0) - row_len)
+        starts = self._bag_starts[1]
         sel_len = row_len.index_select(0, index)
         out_start = torch.cumsum(sel_len, 0) - sel_len
-        shift = torch.repeat_interleave(self._bag_starts.index_select(0, index) - out_start, sel_len)
+        shift = torch.repeat_interleave(starts.index_select(0, index) - out_start, sel_len)
         positions = torch.arange(shift.numel(), dtype=torch.long) + shift
         return Bags(values.index_select(0, positions), lengths.index_select(0, index))
 

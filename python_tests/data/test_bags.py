@@ -57,6 +57,14 @@ def test_take_gathers_bags_like_a_row_loop(case):
     assert again.bags.values.tolist() == looped_bags(table, index[::-1])[0]
 
 
+def test_new_bags_assigned_to_a_table_are_gathered_from_their_own_offsets():
+    table = make_table([[1, 2], [0, 3], [2, 2]])
+    table.take(torch.tensor([2, 0]))  # computes and keeps the row offsets of the first bags
+    table.bags = make_table([[3, 0], [1, 1], [0, 2]]).bags
+    out = table.take(torch.tensor([2, 0]))
+    assert out.bags.values.tolist() == looped_bags(table, [2, 0])[0]
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 7, 50])
 def test_batches_in_order_concatenate_to_the_table(batch_size):
     table = make_table([[1, 0], [2, 3], [0, 0], [4, 1], [1, 1], [0, 2], [3, 0]])
