@@ -7,6 +7,18 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+#: what the errors of a batched backward that meets an op without a batching rule say
+#: (torch 2.x: "Batching rule not implemented for aten::item. We could not generate a fallback.",
+#: and the vmap / functorch messages of autograd.Functions and .item() under vmap)
+MISSING_BATCHING_RULE = ("batching rule not implemented", "could not generate a fallback", "vmap", "functorch")
+
+
+def _missing_batching_rule(exc: RuntimeError) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    message = str(exc).lower()
+    return any(marker in message for marker in MISSING_BATCHING_RULE)
+
 
 def task_gradients(losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = True) -> list[Tensor]:
     """Gradients of every task loss with respect to every tensor in ``inputs``.
@@ -16,8 +28,8 @@ def task_gradients(losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = 
         inputs: parameters (or a representation tensor) the losses depend on.
         batched: one batched backward (``is_grads_batched``: the T vector-Jacobian products run
             as one vmapped backward). If an op in the graph has no batching rule the call falls
-            back, with a warning, to T ordinary backward passes; ``batched=False`` asks for those
-            directly.
+            back, with a warning, to T ordinary backward passes (only then: any other error,
+            out-of-memory included, propagates); ``batched=False`` asks for those directly.
 
     Returns:
         one block ``[T, *x.shape]`` per input (zeros where a task does not reach the input).
@@ -31,7 +43,9 @@ def task_gradients(losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = 
         try:
             grads = torch.autograd.grad(losses, inputs, grad_outputs=eye, retain_graph=True, allow_unused=True,
                                         is_grads_batched=True)
-        except RuntimeError as exc:  # an op without a batching rule
+        except RuntimeError as exc:
+            if not _missing_batching_rule(exc):
+                raise
             warnings.warn(f"task_gradients: batched backward failed ({str(exc).splitlines()[0]}); "
                           f"falling back to {T} backward passes", RuntimeWarning, stacklevel=2)
     if grads is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -99,6 +100,33 @@ def test_task_gradients_fall_back_when_a_batching_rule_is_missing():
     with pytest.warns(RuntimeWarning, match="falling back to 2 backward passes"):
         (block,) = task_gradients(losses, [w])
     torch.testing.assert_close(block, torch.stack([torch.full((4,), 2.0), 8 * w.detach()]))
+
+
+class FailsInBackward(torch.autograd.Function):
+    """Its backward raises what a real failure would (out of memory, a shape error)."""
+
+    error: Exception = RuntimeError("boom")
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        raise FailsInBackward.error
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("The size of tensor a (3) must match the size of tensor b (4)")])
+def test_task_gradients_do_not_fall_back_on_other_errors(error, monkeypatch):
+    monkeypatch.setattr(FailsInBackward, "error", error)
+    w = torch.randn(4, requires_grad=True)
+    h = FailsInBackward.apply(w)
+    losses = torch.stack([h.sum(), (h ** 2).sum()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "falling back" warning: the error propagates at once
+        with pytest.raises(type(error), match=str(error)[:20]):
+            task_gradients(losses, [w])
 
 
 def test_task_that_does_not_touch_an_input_gets_zeros():
