@@ -12,7 +12,9 @@ class DWA(GrowingBuffers, WeightingMethod):
     ``r_k = L_k(e-1) / L_k(e-2)`` the ratio of the task's mean training loss over the last two
     completed epochs; weights 1 during the first two epochs (warm-up). Call ``end_epoch()``
     after each epoch; the method averages the losses it saw meanwhile. Weights sum to T.
-    ``temperature`` tau defaults to 2. History is in ``state_dict()``.
+    ``temperature`` tau defaults to 2. History is in ``state_dict()``; it moves to the losses'
+    device on the first step there, so a step reads nothing back to the host (``end_epoch``
+    does, once an epoch).
     """
 
     _growing_buffers = ("epoch_means",)
@@ -30,12 +32,15 @@ class DWA(GrowingBuffers, WeightingMethod):
         T = self.running_sum.numel()
         if losses.shape[0] != T:
             raise ValueError(f"DWA: {losses.shape[0]} losses for {T} tasks")
-        self.running_sum += losses.detach().double().cpu()
+        if self.running_sum.device != losses.device:
+            for name in ("epoch_means", "running_sum", "running_count"):
+                setattr(self, name, getattr(self, name).to(losses.device))
+        self.running_sum += losses.detach().double()
         self.running_count += 1
         if self.epoch_means.shape[0] < 2:
             return torch.ones(T, dtype=losses.dtype, device=losses.device)
         ratio = self.epoch_means[-1] / self.epoch_means[-2].clamp_min(1e-12)
-        return (T * torch.softmax(ratio / self.temperature, dim=0)).to(losses.dtype).to(losses.device)
+        return (T * torch.softmax(ratio / self.temperature, dim=0)).to(losses.dtype)
 
     def end_epoch(self) -> None:
         """Closes the current epoch: its mean losses enter the history."""

@@ -49,20 +49,22 @@ class GradVac(GrowingBuffers, GramMethod):
         self.order = TaskOrder(seed)
         self.register_buffer("target", torch.zeros(0, dtype=torch.float64))
 
-    def _targets(self, shape) -> Tensor:
+    def _targets(self, shape, device) -> Tensor:
+        """The targets, created (zeros) on the first step and kept on the gradients' device."""
         if tuple(self.target.shape) != tuple(shape):
             if self.target.numel():
                 raise ValueError(f"GradVac: state holds targets {tuple(self.target.shape)} but this step needs "
                                  f"{tuple(shape)} (different task count or parameter list)")
-            self.target = torch.zeros(shape, dtype=torch.float64)
+            self.target = torch.zeros(shape, dtype=torch.float64, device=device)
+        elif self.target.device != device:
+            self.target = self.target.to(device)
         return self.target
 
     def gram_weights(self, G: Tensor, losses: Tensor) -> Tensor:
         T = G.shape[0]
-        target = self._targets((T, T)).to(G.device)
-        w, new_target = gradvac_weights(G, self.order.draw(T).to(G.device), target, self.beta,
-                                        every_pair=EMA_RULES[self.ema])
-        self.target = new_target.to(self.target.device)
+        target = self._targets((T, T), G.device)
+        w, self.target = gradvac_weights(G, self.order.draw(T).to(G.device), target, self.beta,
+                                         every_pair=EMA_RULES[self.ema])
         return w
 
     def layer_weights(self, blocks: list[Tensor]) -> Tensor:
@@ -71,10 +73,9 @@ class GradVac(GrowingBuffers, GramMethod):
         T = blocks[0].shape[0]
         Gk = block_grams(blocks)  # [K, T, T]
         check_gram(Gk.sum(0))
-        targets = self._targets((len(blocks), T, T)).to(Gk.device)
+        targets = self._targets((len(blocks), T, T), Gk.device)
         orders = torch.stack([self.order.draw(T) for _ in blocks]).to(Gk.device)
-        W, new_targets = gradvac_weights(Gk, orders, targets, self.beta, every_pair=EMA_RULES[self.ema])
-        self.target = new_targets.to(self.target.device)
+        W, self.target = gradvac_weights(Gk, orders, targets, self.beta, every_pair=EMA_RULES[self.ema])
         return W
 
     def aggregate_weights(self, blocks: list[Tensor], losses: Tensor) -> Tensor:

@@ -158,6 +158,15 @@ def test_weighting_methods_pass_a_non_finite_gradient_of_finite_losses_through(m
     assert not torch.isfinite(w.grad).all()
 
 
+def test_dwa_state_follows_the_losses_device():
+    """No host read-back per step: the history moves to the losses' device (meta stands in for
+    a GPU here) and the weights come back there."""
+    dwa = DWA(2)
+    w = dwa.loss_weights(torch.ones(2, device="meta"))
+    assert w.device.type == "meta"
+    assert {dwa.running_sum.device.type, dwa.running_count.device.type, dwa.epoch_means.device.type} == {"meta"}
+
+
 def test_gradnorm_moves_weight_towards_the_slower_task_and_resumes():
     from mtlkernels.balance import GradNorm
 
