@@ -63,7 +63,7 @@ class GradVac(GrowingBuffers, GramMethod):
     def gram_weights(self, G: Tensor, losses: Tensor) -> Tensor:
         T = G.shape[0]
         target = self._targets((T, T), G.device)
-        w, self.target = gradvac_weights(G, self.order.draw(T).to(G.device), target, self.beta,
+        w, self.target = gradvac_weights(G, self.order.draw(T, G.device), target, self.beta,
                                          every_pair=EMA_RULES[self.ema])
         return w
 
@@ -74,7 +74,7 @@ class GradVac(GrowingBuffers, GramMethod):
         Gk = block_grams(blocks)  # [K, T, T]
         check_gram(Gk.sum(0))
         targets = self._targets((len(blocks), T, T), Gk.device)
-        orders = torch.stack([self.order.draw(T) for _ in blocks]).to(Gk.device)
+        orders = torch.stack([self.order.draw(T, Gk.device) for _ in blocks])
         W, self.target = gradvac_weights(Gk, orders, targets, self.beta, every_pair=EMA_RULES[self.ema])
         return W
 

@@ -30,5 +30,5 @@ class PCGrad(GramMethod):
 
     def gram_weights(self, G: Tensor, losses: Tensor) -> Tensor:
         T = G.shape[0]
-        w = pcgrad_weights(G, self.order.draw(T).to(G.device))
+        w = pcgrad_weights(G, self.order.draw(T, G.device))
         return w / T if self.reduction == "mean" else w

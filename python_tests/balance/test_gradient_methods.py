@@ -104,6 +104,21 @@ def test_orders_follow_torch_manual_seed_unless_a_seed_is_given(make):
     assert torch.equal(make(seed=3).order.draw(6), make(seed=3).order.draw(6))
 
 
+@pytest.mark.parametrize("make", [lambda: PCGrad(seed=0), lambda: GradVac(seed=0), lambda: GradVac(ema="torchjd", seed=0),
+                                  lambda: MGDA(), lambda: MGDA("loss+"), lambda: PELTR([0.1, 0.1, 0.1])])
+def test_each_gram_aggregation_compiles_fullgraph_and_matches_eager(make):
+    """No host generator, no read-back: the weights (and the state they advance: orders,
+    GradVac targets) come out of one compiled graph, step after step."""
+    J = torch.randn(3, 10, dtype=torch.float64)
+    G, losses = J @ J.T, torch.rand(3, dtype=torch.float64) + 0.1
+    compiled_method, eager = make(), make()
+    compiled = torch.compile(compiled_method.gram_weights, fullgraph=True)
+    for _ in range(3):
+        torch.testing.assert_close(compiled(G, losses), eager.gram_weights(G, losses), rtol=1e-12, atol=1e-12)
+    for (name, a), b in zip(compiled_method.state_dict().items(), eager.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_gradvac_rejects_an_unknown_ema_rule():
     with pytest.raises(ValueError, match="ema must be one of"):
         GradVac(ema="paper")
