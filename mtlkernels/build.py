@@ -10,7 +10,7 @@ from mtlkernels import balance
 from mtlkernels import nn as mnn
 from mtlkernels.data.errors import DataError
 
-MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "esm2", "aitm")
+MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "esmm", "esm2", "aitm")
 METHODS = ("ew", "uw", "gradnorm", "dwa", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac")
 #: methods that take the task gradients at the shared representation (MGDA-UB style)
 REPRESENTATION_METHODS = ("mgda-ub",)
@@ -45,7 +45,7 @@ def check_model_fits(name: str, schema) -> None:
 def build_model(name: str, features: mnn.FeatureSchema, schema, s: dict[str, Any]) -> mnn.WithFeatures:
     """The model ``name`` fed by a ``FeatureEmbedding`` of ``features``, for the tasks of the data
     ``schema``. Settings used: ``experts``, ``expert_hidden``, ``tower_hidden``, ``bottom_hidden``,
-    ``task_experts``, ``shared_experts``, ``levels``, ``dropout``, ``batch_norm``. AITM gets its
+    ``task_experts``, ``shared_experts``, ``levels``, ``dselect_k``, ``dropout``, ``batch_norm``. AITM gets its
     behavioural calibrator (alpha 0.6) only when the tasks form a funnel (``is_funnel``); on other
     tasks (Census' income, never_married) it keeps the information transfer and drops the
     calibrator, whose premise (a later step is never likelier) does not hold there."""
@@ -61,6 +61,10 @@ def build_model(name: str, features: mnn.FeatureSchema, schema, s: dict[str, Any
         levels = 1 if name == "cgc" else s["levels"]
         model = mnn.PLE(d, num_tasks, s["task_experts"], s["shared_experts"], s["expert_hidden"],
                         s["tower_hidden"], num_levels=levels, **kw)
+    elif name == "dselect-k":
+        if s["dselect_k"] > s["experts"]:
+            raise ConfigError(f"--dselect-k {s['dselect_k']}: more selected experts than --experts {s['experts']}")
+        model = mnn.DSelectK(d, num_tasks, s["experts"], s["dselect_k"], s["expert_hidden"], s["tower_hidden"], **kw)
     elif name == "esmm":
         model = mnn.ESMM(d, s["bottom_hidden"], **kw)
     elif name == "esm2":

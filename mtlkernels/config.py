@@ -42,6 +42,7 @@ class TrainConfig:
     dense_projection: bool = False   # project the dense block to one embedding slot, else pass it through
     dense_bins: int = 16             # piecewise-linear quantile bins per dense column (0: the values alone)
     experts: int = 8
+    dselect_k: int = 2               # experts each DSelect-k gate selects
     expert_hidden: list = field(default_factory=lambda: [256, 128])
     tower_hidden: list = field(default_factory=lambda: [64])
     bottom_hidden: list = field(default_factory=lambda: [256, 128])
@@ -121,7 +122,7 @@ def check(c: TrainConfig) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ConfigError(f"{name.replace('_', '-')} must be an integer >= {minimum}, got {v!r}")
 
-    for name in ("epochs", "batch_size", "embedding_dim", "experts", "levels", "eval_batch_size"):
+    for name in ("epochs", "batch_size", "embedding_dim", "experts", "levels", "eval_batch_size", "dselect_k"):
         positive(name)
     for name in ("threads", "patience", "diagnostics_every", "task_experts", "shared_experts", "seed", "dense_bins"):
         positive(name, 0)

@@ -1,6 +1,7 @@
 """Layers and multi-task ranking models built on grouped matrix products and ``gate_mix``."""
 from mtlkernels.nn.aitm import AITM
 from mtlkernels.nn.base import MultiTaskModel
+from mtlkernels.nn.dselect import DSelectK, DSelectKGates
 from mtlkernels.nn.esmm import ESM2, ESMM
 from mtlkernels.nn.features import FeatureEmbedding, FeatureSchema, SparseField, WithFeatures
 from mtlkernels.nn.gates import Gates

@@ -49,6 +49,42 @@ def shared_bottom(model, x: Tensor) -> Tensor:
     return towers(model, [h] * model.num_tasks)
 
 
+def dselect_k(model, x: Tensor) -> Tensor:
+    """DSelect-k as ALGORITHMS.md 1.9 states it, gate by gate, selector by selector, expert by
+    expert: ``r_i = prod_l (S(z_l) if bit l of i else 1 - S(z_l))``, ``q = sum_j softmax(alpha)_j r_j``,
+    ``y_t = tower_t(sum_i q_ti f_i(x))``."""
+    gates = model.gates
+    X, k, m, T = model.num_experts, gates.k, gates.bits, model.num_tasks
+    experts = [group_mlp(model.experts, e, x) for e in range(X)]
+    if gates.z is not None:
+        z = gates.z.unsqueeze(0).expand(x.shape[0], T, k, m)
+        alpha = gates.alpha.unsqueeze(0).expand(x.shape[0], T, k)
+    else:
+        z = F.linear(x, gates.z_map.weight, gates.z_map.bias).view(x.shape[0], T, k, m)
+        alpha = F.linear(x, gates.alpha_map.weight, gates.alpha_map.bias).view(x.shape[0], T, k)
+    g = gates.gamma
+
+    def S(t):
+        inner = -2 * t ** 3 / g ** 3 + 3 * t / (2 * g) + 0.5
+        return torch.where(t <= -g / 2, torch.zeros_like(t), torch.where(t >= g / 2, torch.ones_like(t), inner))
+
+    mixtures = []
+    for t in range(T):
+        a = torch.softmax(alpha[:, t], dim=-1)
+        mix = 0
+        for i in range(X):
+            q_i = 0
+            for j in range(k):
+                r = torch.ones_like(a[:, j])
+                for bit in range(m):
+                    s = S(z[:, t, j, bit])
+                    r = r * (s if (i >> bit) & 1 else 1 - s)
+                q_i = q_i + a[:, j] * r
+            mix = mix + q_i.unsqueeze(1) * experts[i]
+        mixtures.append(mix)
+    return towers(model, mixtures)
+
+
 def ple(model, x: Tensor) -> Tensor:
     """PLE as ALGORITHMS.md 1.5 states it. Experts of a level are ordered task 0's, task 1's,
     ..., shared; task gate k sees task k's experts then the shared ones; the shared gate

@@ -35,6 +35,9 @@ MODELS = {
     "ple-3-levels": (lambda: mnn.PLE(12, 2, [2, 2], 2, (6,), (4,), num_levels=3), ref.ple),
     "ple-3-levels-task-without-experts": (lambda: mnn.PLE(12, 3, [2, 0, 1], 1, (8,), (4,), num_levels=3), ref.ple),
     "ple-no-shared-experts": (lambda: mnn.PLE(12, 2, [2, 3], 0, (8,), (4,), num_levels=2), ref.ple),
+    "dselect-k-per-example": (lambda: mnn.DSelectK(12, 3, 5, 2, (9, 6), (4,)), ref.dselect_k),
+    "dselect-k-static": (lambda: mnn.DSelectK(12, 2, 4, 3, (7,), (), per_example=False), ref.dselect_k),
+    "dselect-k-one-expert": (lambda: mnn.DSelectK(12, 2, 1, 1, (5,), (3,)), ref.dselect_k),
 }
 
 
@@ -169,9 +172,11 @@ def test_ple_bad_configuration(kwargs, match):
         mnn.PLE(8, 3, **kwargs)
 
 
-def test_compile_fullgraph_model_step():
+@pytest.mark.parametrize("make", [lambda: mnn.PLE(12, 2, [1, 2], 1, (8,), (4,), num_levels=2),
+                                  lambda: mnn.DSelectK(12, 2, 5, 2, (8,), (4,))])
+def test_compile_fullgraph_model_step(make):
     torch._dynamo.reset()
-    model = mnn.PLE(12, 2, [1, 2], 1, (8,), (4,), num_levels=2)
+    model = make()
     x = torch.randn(6, 12)
     step = torch.compile(lambda inp: model(inp).square().sum(), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(step(x), model(x).square().sum())

@@ -48,12 +48,17 @@ def test_every_method_trains_and_reports(method, tmp_path):
 
 
 @pytest.mark.parametrize("model,tasks", [("shared-bottom", []), ("omoe", []), ("mmoe", []), ("cgc", []), ("ple", []),
-                                         ("esmm", ["click", "conversion"]), ("esm2", ["click", "like", "conversion"]),
+                                         ("dselect-k", []), ("esmm", ["click", "conversion"]), ("esm2", ["click", "like", "conversion"]),
                                          ("aitm", ["click", "conversion"])])
 def test_every_model_trains(model, tasks):
     m = Trainer(config(model=model, tasks=tasks, epochs=1)).fit()
     assert m["tasks"] == (tasks or m["tasks"])
     assert all(math.isfinite(m["final"]["valid"][t]["loss"]) for t in m["tasks"])
+
+
+def test_dselect_k_refuses_more_selected_experts_than_experts():
+    with pytest.raises(ConfigError, match="--dselect-k 5: more selected experts than --experts 4"):
+        Trainer(config(model="dselect-k", experts=4, dselect_k=5))
 
 
 def test_entire_space_models_refuse_data_without_their_funnel():
