@@ -44,8 +44,8 @@ def task_metrics(logits: Tensor, data: TabularData, kinds: Sequence[str], names:
         m["calibration"] = float(metrics.calibration(p, y).ratio) if y.numel() else float("nan")
         if data.users is not None and both:
             users = data.users if rows is None else data.users[rows]
-            g = metrics.gauc(p, y, users)
-            u = metrics.uauc(p, y, users)
+            per_user = metrics.per_user_auc(p, y, users)  # one sort serves both weightings
+            g, u = metrics.gauc_of(per_user, "impressions"), metrics.gauc_of(per_user, "uniform")
             m["gauc"], m["uauc"], m["uauc_users"] = _f(g.value), _f(u.value), u.users_kept
         if reliability and y.numel():
             b = metrics.quantile_buckets(p, RELIABILITY_BUCKETS)

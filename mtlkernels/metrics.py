@@ -26,6 +26,7 @@ from torch import Tensor
 __all__ = [
     "auc",
     "gauc",
+    "gauc_of",
     "uauc",
     "per_user_auc",
     "calibration",
@@ -267,7 +268,14 @@ def gauc(scores, labels, users, weighting: str = "impressions") -> GAUCResult:
     """
     if weighting not in GAUC_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {GAUC_WEIGHTINGS}, got {weighting!r}")
-    per_user = per_user_auc(scores, labels, users)
+    return gauc_of(per_user_auc(scores, labels, users), weighting)
+
+
+def gauc_of(per_user: PerUserAUC, weighting: str = "impressions") -> GAUCResult:
+    """:func:`gauc` from per-user AUCs already computed (one :func:`per_user_auc` serves every
+    weighting)."""
+    if weighting not in GAUC_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {GAUC_WEIGHTINGS}, got {weighting!r}")
     eligible = (per_user.n_pos > 0) & (per_user.n_neg > 0)
     if weighting == "impressions":
         weight = (per_user.n_pos + per_user.n_neg).to(torch.float64)

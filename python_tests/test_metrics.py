@@ -182,6 +182,7 @@ def test_gauc_matches_per_user_loop(weighting, seed, n, n_users, distinct):
     assert float(got.value) == pytest.approx(expected, abs=1e-12)
     assert (got.users_kept, got.users_dropped) == (kept, dropped)
     assert dropped >= 3  # the forced single-class users
+    assert M.gauc_of(M.per_user_auc(scores, labels, users), weighting) == got  # one sort, any weighting
 
 
 def test_gauc_single_class_users_excluded_from_both_sums():
