@@ -11,7 +11,7 @@ from mtlkernels import nn as mnn
 from mtlkernels.data.errors import DataError
 
 MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "esmm", "esm2", "aitm")
-METHODS = ("ew", "uw", "gradnorm", "dwa", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac")
+METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g")
 #: methods that take the task gradients at the shared representation (MGDA-UB style)
 REPRESENTATION_METHODS = ("mgda-ub",)
 
@@ -101,7 +101,7 @@ def gradnorm_layer(model: mnn.WithFeatures) -> list[nn.Parameter]:
 
 def build_method(name: str, model: mnn.WithFeatures, num_tasks: int, s: dict[str, Any]) -> nn.Module:
     """The balancing method ``name`` with its paper defaults (see each class); settings used:
-    ``seed`` (PCGrad/GradVac task orders), ``lower_bounds`` (PE-LTR, default ``1 / (2T)`` each)."""
+    ``seed`` (PCGrad/GradVac task orders, RLW's weights), ``lower_bounds`` (PE-LTR, default ``1 / (2T)`` each)."""
     if name == "ew":
         return balance.EW()
     if name == "uw":
@@ -110,6 +110,10 @@ def build_method(name: str, model: mnn.WithFeatures, num_tasks: int, s: dict[str
         return balance.GradNorm(num_tasks, layer=gradnorm_layer(model))
     if name == "dwa":
         return balance.DWA(num_tasks)
+    if name == "rlw":
+        return balance.RLW(seed=s["seed"])
+    if name == "imtl-g":
+        return balance.IMTLG()
     if name in ("mgda", "mgda-ub"):
         return balance.MGDA("loss+")
     if name == "pe-ltr":

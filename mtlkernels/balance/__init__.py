@@ -12,10 +12,13 @@ from mtlkernels.balance.dwa import DWA
 from mtlkernels.balance.ew import EW
 from mtlkernels.balance.gradnorm import GradNorm
 from mtlkernels.balance.gradvac import GradVac
+from mtlkernels.balance.imtl import IMTLG
 from mtlkernels.balance.jacobian import task_gradients
 from mtlkernels.balance.mgda import MGDA
 from mtlkernels.balance.pcgrad import PCGrad
 from mtlkernels.balance.peltr import PELTR
+from mtlkernels.balance.rlw import RLW
 from mtlkernels.balance.uw import UncertaintyWeighting
 
-__all__ = ["aggregate", "DWA", "EW", "GradNorm", "GradVac", "MGDA", "PCGrad", "PELTR", "UncertaintyWeighting", "task_gradients"]
+__all__ = ["aggregate", "DWA", "EW", "GradNorm", "GradVac", "IMTLG", "MGDA", "PCGrad", "PELTR", "RLW",
+           "UncertaintyWeighting", "task_gradients"]

@@ -1,5 +1,6 @@
-"""The random projection orders of PCGrad and GradVac, a counter-based draw saved with the
-method's state."""
+"""Counter-based random draws saved with a method's state: the projection orders of PCGrad and
+GradVac, RLW's weights. A draw hashes (seed, draw number, position): plain tensor arithmetic on
+any device, nothing read back, resumable from ``state_dict()``."""
 from __future__ import annotations
 
 import torch
@@ -17,14 +18,16 @@ def _mix(x: Tensor) -> Tensor:
     return (x ^ (x >> 31)) & _MASK
 
 
-class TaskOrder(nn.Module):
-    """Draws, for each task i, a random permutation of 0..T-1 (the order in which i is
-    projected against the others): the argsort of T x T keys hashed from (seed, draw number,
-    position). The seed is ``seed`` or, when None, one drawn from torch's global generator (so
-    ``torch.manual_seed`` decides the orders and two methods built in a row draw different ones).
-    The draw counter is a buffer: ``state_dict()`` resumes the sequence, and a draw is plain
-    tensor arithmetic (no host generator, nothing read back; it compiles with
-    ``torch.compile(fullgraph=True)``)."""
+def hashed_keys(seed: Tensor, draw: Tensor, n: int, device) -> Tensor:
+    """``[n]`` non-negative int64 keys of draw number ``draw`` of the stream ``seed``."""
+    position = torch.arange(n, dtype=torch.int64, device=device)
+    return _mix(_mix(seed.to(device)) ^ _mix(draw.to(device) * n + position + 0x2545F4914F6CDD1D))
+
+
+class CounterDraws(nn.Module):
+    """A seed and a draw counter (buffers): the state of a counter-based random stream. The seed
+    is ``seed`` or, when None, one drawn from torch's global generator (so ``torch.manual_seed``
+    decides the stream and two methods built in a row draw differently)."""
 
     def __init__(self, seed: int | None = None):
         super().__init__()
@@ -33,11 +36,26 @@ class TaskOrder(nn.Module):
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64))
         self.register_buffer("draws", torch.zeros((), dtype=torch.int64))
 
+    def keys(self, n: int, device=None) -> Tensor:
+        """The next draw: ``[n]`` int64 keys (uniform over [0, 2^63))."""
+        device = self.draws.device if device is None else device
+        keys = hashed_keys(self.seed, self.draws, n, device)
+        self.draws.add_(1)
+        return keys
+
+    def normal(self, n: int, device=None, dtype=torch.float64) -> Tensor:
+        """The next draw as ``[n]`` standard normals (Box-Muller on two 31-bit uniforms per key)."""
+        k = self.keys(n, device)
+        u1 = ((k >> 32) + 1).to(torch.float64) / 2.0**31  # (0, 1]
+        u2 = (k & 0x7FFFFFFF).to(torch.float64) / 2.0**31  # [0, 1)
+        return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)).to(dtype)
+
+
+class TaskOrder(CounterDraws):
+    """Draws, for each task i, a random permutation of 0..T-1 (the order in which i is
+    projected against the others): the argsort of T x T hashed keys (see ``CounterDraws``; it
+    compiles with ``torch.compile(fullgraph=True)``)."""
+
     def draw(self, T: int, device: torch.device | str | None = None) -> Tensor:
         """``[T, T]`` int64 on ``device`` (default: the buffers'); row i is task i's order."""
-        device = self.draws.device if device is None else device
-        seed, draws = self.seed.to(device), self.draws.to(device)
-        position = torch.arange(T * T, dtype=torch.int64, device=device)
-        keys = _mix(_mix(seed) ^ _mix(draws * (T * T) + position + 0x2545F4914F6CDD1D))
-        self.draws.add_(1)
-        return keys.view(T, T).argsort(dim=1)
+        return self.keys(T * T, device).view(T, T).argsort(dim=1)
