@@ -11,7 +11,8 @@ from mtlkernels import nn as mnn
 from mtlkernels.data.errors import DataError
 
 MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "esmm", "esm2", "aitm")
-METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g")
+METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g",
+           "aligned-mtl")
 #: methods that take the task gradients at the shared representation (MGDA-UB style)
 REPRESENTATION_METHODS = ("mgda-ub",)
 
@@ -114,6 +115,8 @@ def build_method(name: str, model: mnn.WithFeatures, num_tasks: int, s: dict[str
         return balance.RLW(seed=s["seed"])
     if name == "imtl-g":
         return balance.IMTLG()
+    if name == "aligned-mtl":
+        return balance.AlignedMTL()
     if name in ("mgda", "mgda-ub"):
         return balance.MGDA("loss+")
     if name == "pe-ltr":

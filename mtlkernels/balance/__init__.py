@@ -8,6 +8,7 @@ call ``optimizer.step()``. Stateful methods are ``nn.Module``s: ``state_dict()``
 ``aggregate(method, J)`` applies a gradient method to task gradients held already.
 """
 from mtlkernels.balance.aggregate import aggregate
+from mtlkernels.balance.aligned_mtl import AlignedMTL
 from mtlkernels.balance.dwa import DWA
 from mtlkernels.balance.ew import EW
 from mtlkernels.balance.gradnorm import GradNorm
@@ -20,5 +21,5 @@ from mtlkernels.balance.peltr import PELTR
 from mtlkernels.balance.rlw import RLW
 from mtlkernels.balance.uw import UncertaintyWeighting
 
-__all__ = ["aggregate", "DWA", "EW", "GradNorm", "GradVac", "IMTLG", "MGDA", "PCGrad", "PELTR", "RLW",
+__all__ = ["aggregate", "AlignedMTL", "DWA", "EW", "GradNorm", "GradVac", "IMTLG", "MGDA", "PCGrad", "PELTR", "RLW",
            "UncertaintyWeighting", "task_gradients"]

@@ -1,4 +1,4 @@
-"""RLW and IMTL-G: the spec's properties (ALGORITHMS.md 2.4, 3.6), the paper's closed form,
+"""RLW, IMTL-G and Aligned-MTL: the spec's properties (ALGORITHMS.md 2.4, 3.6, 3.8), the closed forms,
 degenerate J, state and seeds."""
 from __future__ import annotations
 
@@ -109,3 +109,45 @@ def test_imtl_backward_writes_j_transpose_alpha():
     losses, rep = p.losses(return_representation=True)
     w_rep = IMTLG().backward(losses, p.model, representation=rep)
     assert torch.isfinite(w_rep).all() and abs(float(w_rep.sum()) - 1) < 1e-9
+
+
+# --------------------------------------------------------------------------------- Aligned-MTL
+
+def test_aligned_mtl_orthogonal_gradients_and_unit_singular_values():
+    from mtlkernels.balance import AlignedMTL
+
+    J = torch.diag(torch.tensor([1.0, 2.0, 5.0], dtype=F64))
+    d, w = aggregate(AlignedMTL(), J)
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.5, 0.2], dtype=F64))
+    torch.testing.assert_close(d, torch.ones(3, dtype=F64))  # n_min sum_i u_i
+    # the aligned system J^T B has all its non-zero singular values equal to sqrt(lambda_ref)
+    J = torch.randn(4, 9, dtype=F64)
+    method = AlignedMTL()
+    G = J @ J.t()
+    lam, V = torch.linalg.eigh(G)
+    B = lam.min().sqrt() * (V * lam.rsqrt()) @ V.t()
+    torch.testing.assert_close(method.gram_weights(G, None), B @ torch.ones(4, dtype=F64))
+    s = torch.linalg.svdvals(J.t() @ B)
+    torch.testing.assert_close(s, s[:1].expand(4), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["min", "median", "rmse"])
+def test_aligned_mtl_is_scale_free_and_finite_on_degenerate_j(mode):
+    from mtlkernels.balance import AlignedMTL
+
+    J = torch.randn(3, 8, dtype=F64)
+    _, w = aggregate(AlignedMTL(mode), J)
+    for s in (1e-6, 1e6):
+        torch.testing.assert_close(aggregate(AlignedMTL(mode), s * J)[1], w, rtol=1e-8, atol=1e-10)
+    g = torch.randn(8, dtype=F64)
+    for J in (torch.stack([g, 2 * g, -g]), torch.zeros(3, 8, dtype=F64), g[None]):
+        d, w = aggregate(AlignedMTL(mode), J)
+        assert torch.isfinite(w).all() and torch.isfinite(d).all()
+    assert aggregate(AlignedMTL(mode), torch.zeros(2, 5, dtype=F64))[1].tolist() == [1.0, 1.0]
+
+
+def test_aligned_mtl_rejects_an_unknown_scale_mode():
+    from mtlkernels.balance import AlignedMTL
+
+    with pytest.raises(ValueError, match="scale_mode must be one of"):
+        AlignedMTL("max")
