@@ -5,8 +5,8 @@ for regression tasks).
 
     .venv/bin/python bench/reproduce.py SUITE [--seeds 0,1,2] [--only REGEX] [--out runs/reproduce] [--threads 2]
 
-Suites: census-models (Census groups 1 and 2: Shared-Bottom, OMoE, MMoE, CGC, PLE, AITM under
-EW), census-methods (group 1 MMoE under every balancing method), single-task (one model per
+Suites: census-models (Census groups 1 and 2: Shared-Bottom, OMoE, MMoE, CGC, PLE, DSelect-k,
+AITM under EW), census-methods (group 1 MMoE under every balancing method), single-task (one model per
 Census task), synthetic (MMoE vs OMoE vs Shared-Bottom as the MMoE paper's task correlation
 falls), recsys (the recsys generator, MMoE and PLE, EW and PCGrad). Every run uses the CLI's
 defaults except what the suite names.
@@ -22,8 +22,9 @@ import statistics
 from mtlkernels.config import TrainConfig
 from mtlkernels.train import Trainer
 
-MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "aitm")
-METHODS = ("ew", "uw", "gradnorm", "dwa", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac")
+MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "aitm")
+METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g",
+           "aligned-mtl")
 SYNTHETIC = {"rows": 30_000}
 #: the MMoE paper's small networks on the raw inputs (no piecewise-linear encoding)
 SYNTHETIC_MODEL = {"expert_hidden": [16], "tower_hidden": [8], "experts": 8, "bottom_hidden": [64],
