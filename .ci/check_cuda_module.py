@@ -11,7 +11,7 @@ from mtlkernels.reference import gate_mix as reference_gate_mix
 from mtlkernels.reference.grouped_mlp import grouped_mlp as reference_grouped_mlp
 
 OPS = ["gate_mix", "gate_mix_backward", "gram", "block_grams", "combine_",
-       "pcgrad_weights", "gradvac_weights", "mgda_weights", "peltr_weights",
+       "pcgrad_weights", "gradvac_weights", "mgda_weights", "min_norm_weights", "peltr_weights",
        "grouped_mlp", "grouped_mlp_backward"]
 
 info = mtlkernels.build_info()

@@ -78,8 +78,8 @@ def solver_table(Ts, reps):
     from mtlkernels.ops import solvers
 
     print("\n## T x T solvers alone (us per call, N = 1, median)\n")
-    print("| T | pcgrad | gradvac | mgda | peltr |")
-    print("|---|---|---|---|---|")
+    print("| T | pcgrad | gradvac | mgda (Frank-Wolfe) | min_norm (exact) | peltr |")
+    print("|---|---|---|---|---|---|")
     for T in Ts:
         J = torch.randn(T, 64, dtype=torch.float64)
         G = J @ J.T
@@ -90,9 +90,10 @@ def solver_table(Ts, reps):
             "pcgrad": lambda: solvers.pcgrad_weights(G, order),
             "gradvac": lambda: solvers.gradvac_weights(G, order, target, 0.5),
             "mgda": lambda: solvers.mgda_weights(G),
+            "min_norm": lambda: solvers.min_norm_weights(G),
             "peltr": lambda: solvers.peltr_weights(G, c),
         }, reps=max(reps * 40, 200))
-        print(f"| {T} | " + " | ".join(f"{t[k] * 1e6:.1f}" for k in ("pcgrad", "gradvac", "mgda", "peltr")) + " |")
+        print(f"| {T} | " + " | ".join(f"{t[k] * 1e6:.1f}" for k in ("pcgrad", "gradvac", "mgda", "min_norm", "peltr")) + " |")
 
 
 def step_table(reps):

@@ -41,8 +41,9 @@ def cases(G, order, target, lower):
     return {
         "pcgrad": (lambda b: S.pcgrad_weights(G, order, backend=b), lambda: ops.pcgrad_weights(G, order)),
         "gradvac": (lambda b: S.gradvac_weights(G, order, target, 0.5, backend=b),
-                    lambda: ops.gradvac_weights(G, order, target, 0.5)),
+                    lambda: ops.gradvac_weights(G, order, target, 0.5, False)),
         "mgda": (lambda b: S.mgda_weights(G, backend=b), lambda: ops.mgda_weights(G, 250, 1e-5)),
+        "min_norm": (lambda b: S.min_norm_weights(G, backend=b), lambda: ops.min_norm_weights(G)),
         "peltr": (lambda b: S.peltr_weights(G, lower, backend=b), lambda: ops.peltr_weights(G, lower)),
     }
 
@@ -54,7 +55,7 @@ def run(reps: int, Ns: list[int], Ts: list[int]) -> None:
     header = "| solver | T | N | public us | op us | reference us | reference / public |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
-    for name in ("pcgrad", "gradvac", "mgda", "peltr"):
+    for name in ("pcgrad", "gradvac", "mgda", "min_norm", "peltr"):
         for N in Ns:
             for T in Ts:
                 public, bare = cases(*inputs(N, T))[name]

@@ -39,6 +39,8 @@ TORCH_LIBRARY(mtlk, m) {
   // mgda: min-norm point of the convex hull, w in the simplex minimising w^T G w (exact for T = 2,
   //   else best pair start + Frank-Wolfe, at most max_iter iterations, stop when the step < tol).
   m.def("mgda_weights(Tensor gram, int max_iter, float tol) -> Tensor");
+  // min_norm: the same problem solved exactly (Wolfe's minimum-norm-point algorithm).
+  m.def("min_norm_weights(Tensor gram) -> Tensor");
   // peltr: PE-LTR PECsolver with lower bounds [N, T] (c >= 0, sum c <= 1): relaxed KKT solve then
   //   projection onto {w >= c, sum w = 1}.
   m.def("peltr_weights(Tensor gram, Tensor lower_bounds) -> Tensor");

@@ -5,6 +5,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -169,6 +170,67 @@ void test_gradvac() {
   }
 }
 
+// min w^T G w over the simplex by enumerating supports (the affine minimiser of each subset).
+double brute_force_min_norm(const std::vector<double>& G, int64_t T) {
+  double scale = 0.0, best = 1e300;
+  for (int64_t k = 0; k < T; ++k) scale = std::max(scale, G[k * T + k]);
+  std::vector<double> S(T + 2), M((T + 2) * (T + 2)), alpha(T + 2);
+  for (int64_t mask = 1; mask < (int64_t(1) << T); ++mask) {
+    int64_t s = 0;
+    for (int64_t i = 0; i < T; ++i)
+      if ((mask >> i) & 1) S[s++] = static_cast<double>(i);
+    if (!mtlk::corral_affine_min(G.data(), T, S.data(), s, scale, M.data(), alpha.data())) continue;
+    bool inside = true;
+    for (int64_t i = 0; i < s; ++i) inside = inside && alpha[i] >= -1e-12;
+    if (!inside) continue;
+    double v = 0.0;
+    for (int64_t a = 0; a < s; ++a)
+      for (int64_t b = 0; b < s; ++b) v += alpha[a] * alpha[b] * G[int64_t(S[a]) * T + int64_t(S[b])];
+    best = std::min(best, v);
+  }
+  return best;
+}
+
+void test_min_norm() {
+  // against the enumeration: random, collinear and low-rank gradients, T = 3..8
+  uint64_t state = 12345;
+  const auto uniform = [&]() {  // xorshift in [-1, 1)
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return static_cast<double>(state >> 11) / 4503599627370496.0 - 1.0;
+  };
+  for (int trial = 0; trial < 120; ++trial) {
+    const int64_t T = 3 + trial % 6, P = trial % 3 == 0 ? 2 : (trial % 3 == 1 ? 3 : T + 4);
+    std::vector<double> J(T * P);
+    for (double& v : J) v = uniform();
+    if (trial % 4 == 0)
+      for (int64_t p = 0; p < P; ++p) J[P + p] = -2.0 * J[p];  // two opposite, collinear gradients
+    const std::vector<double> G = gram_of(J, T, P);
+    std::vector<double> w(T), scratch(mtlk::min_norm_scratch(T));
+    EXPECT(mtlk::min_norm_solve(G.data(), T, w.data(), scratch.data()) == mtlk::kSolverOk);
+    double sum = 0.0, v = 0.0, scale = 0.0;
+    for (int64_t a = 0; a < T; ++a) {
+      sum += w[a];
+      EXPECT(w[a] >= 0.0);
+      scale = std::max(scale, G[a * T + a]);
+      for (int64_t b = 0; b < T; ++b) v += w[a] * w[b] * G[a * T + b];
+    }
+    EXPECT(near(sum, 1.0, 1e-12));
+    const double best = brute_force_min_norm(G, T);
+    EXPECT(v - best <= 1e-9 * std::max(best, 0.0) + 1e-13 * scale);
+  }
+  double w1[1];
+  std::vector<double> s1(mtlk::min_norm_scratch(1));
+  const double g1[1] = {4.0};
+  EXPECT(mtlk::min_norm_solve(g1, 1, w1, s1.data()) == mtlk::kSolverOk && w1[0] == 1.0);
+  double w3[3], s3[64];  // min_norm_scratch(3) = 55
+  const double zeros[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+  EXPECT(mtlk::min_norm_solve(zeros, 3, w3, s3) == mtlk::kSolverOk && w3[0] == 1.0 && w3[1] == 0.0);
+  const double bad[4] = {1.0, 0.0, 0.0, NAN};
+  EXPECT(mtlk::min_norm_solve(bad, 2, w3, s3) == mtlk::kSolverNonFiniteGram);
+}
+
 void test_peltr() {
   double w[4], wm[4], scratch[2 * 16 + 6 * 4], mscratch[4];
   // T = 2, c = 0: the MGDA closed form, interior and clipped
@@ -269,6 +331,7 @@ void test_cpu_kernels() {
 int main() {
   test_min_norm_pair();
   test_mgda();
+  test_min_norm();
   test_pcgrad();
   test_gradvac();
   test_peltr();

@@ -161,6 +161,20 @@ at::Tensor mgda_weights_cpu(const at::Tensor& gram_in, int64_t max_iter, double 
   return w;
 }
 
+at::Tensor min_norm_weights_cpu(const at::Tensor& gram_in) {
+  check_gram(gram_in, "min_norm_weights");
+  const at::Tensor gram = gram_in.contiguous();
+  const int64_t N = gram.size(0), T = gram.size(1);
+  at::Tensor w = at::empty({N, T}, gram.options());
+  if (N == 0 || T == 0) return w;
+  const double* G = gram.const_data_ptr<double>();
+  double* W = w.mutable_data_ptr<double>();
+  const auto solve = [&](int64_t n, double* scratch) { return min_norm_solve(G + n * T * T, T, W + n * T, scratch); };
+  const int64_t bad = for_each_problem(N, T, min_norm_scratch(T), solve);
+  raise_if_bad(bad, "min_norm_weights", T, min_norm_scratch(T), solve, nullptr, nullptr);
+  return w;
+}
+
 at::Tensor peltr_weights_cpu(const at::Tensor& gram_in, const at::Tensor& lower_in) {
   check_peltr_args(gram_in, lower_in);
   const at::Tensor gram = gram_in.contiguous();
@@ -185,6 +199,7 @@ TORCH_LIBRARY_IMPL(mtlk, CPU, m) {
   m.impl("pcgrad_weights", &pcgrad_weights_cpu);
   m.impl("gradvac_weights", &gradvac_weights_cpu);
   m.impl("mgda_weights", &mgda_weights_cpu);
+  m.impl("min_norm_weights", &min_norm_weights_cpu);
   m.impl("peltr_weights", &peltr_weights_cpu);
 }
 
@@ -196,6 +211,7 @@ TORCH_LIBRARY_IMPL(mtlk, Autograd, m) {
   m.impl("pcgrad_weights", torch::CppFunction::makeFallthrough());
   m.impl("gradvac_weights", torch::CppFunction::makeFallthrough());
   m.impl("mgda_weights", torch::CppFunction::makeFallthrough());
+  m.impl("min_norm_weights", torch::CppFunction::makeFallthrough());
   m.impl("peltr_weights", torch::CppFunction::makeFallthrough());
 }
 

@@ -64,6 +64,14 @@ __global__ void mgda_kernel(const double* __restrict__ G, int64_t max_iter, doub
   mark_bad(mgda_solve(G + n * T * T, T, max_iter, tol, w, scratch + n * mgda_scratch(T)), w, T);
 }
 
+__global__ void min_norm_kernel(const double* __restrict__ G, double* __restrict__ W, double* __restrict__ scratch,
+                                int64_t N, int64_t T) {
+  const int64_t n = problem_index();
+  if (n >= N) return;
+  double* w = W + n * T;
+  mark_bad(min_norm_solve(G + n * T * T, T, w, scratch + n * min_norm_scratch(T)), w, T);
+}
+
 __global__ void peltr_kernel(const double* __restrict__ G, const double* __restrict__ C, double* __restrict__ W,
                              double* __restrict__ scratch, int64_t N, int64_t T) {
   const int64_t n = problem_index();
@@ -128,6 +136,20 @@ at::Tensor mgda_weights_cuda(const at::Tensor& gram_in, int64_t max_iter, double
   return w;
 }
 
+at::Tensor min_norm_weights_cuda(const at::Tensor& gram_in) {
+  check_gram(gram_in, "min_norm_weights");
+  const c10::cuda::CUDAGuard guard(gram_in.device());
+  const at::Tensor gram = gram_in.contiguous();
+  const int64_t N = gram.size(0), T = gram.size(1);
+  at::Tensor w = at::empty({N, T}, gram.options());
+  if (N == 0 || T == 0) return w;
+  at::Tensor scratch = workspace(gram, min_norm_scratch(T));
+  min_norm_kernel<<<blocks_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      gram.const_data_ptr<double>(), w.mutable_data_ptr<double>(), scratch.mutable_data_ptr<double>(), N, T);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return w;
+}
+
 at::Tensor peltr_weights_cuda(const at::Tensor& gram_in, const at::Tensor& lower_in) {
   check_peltr_args(gram_in, lower_in);
   const c10::cuda::CUDAGuard guard(gram_in.device());
@@ -150,6 +172,7 @@ TORCH_LIBRARY_IMPL(mtlk, CUDA, m) {
   m.impl("pcgrad_weights", &pcgrad_weights_cuda);
   m.impl("gradvac_weights", &gradvac_weights_cuda);
   m.impl("mgda_weights", &mgda_weights_cuda);
+  m.impl("min_norm_weights", &min_norm_weights_cuda);
   m.impl("peltr_weights", &peltr_weights_cuda);
 }
 

@@ -227,6 +227,70 @@ def mgda_weights(gram: Tensor, max_iter: int = 250, tol: float = 1e-5) -> Tensor
     return w
 
 
+MIN_NORM_OPT_TOL = 1e-13  # times max_k G_kk: an entering gradient must beat |x|^2 by more
+MIN_NORM_POS_TOL = 1e-14  # a corral weight at or below this leaves the corral
+
+
+def _affine_min(G: Tensor, S: list[int]) -> Tensor | None:
+    """argmin a^T G_SS a s.t. sum a = 1 (the KKT system), or None when it is singular."""
+    s = len(S)
+    M = torch.zeros(s + 1, s + 1, dtype=torch.float64)
+    M[:s, :s] = G[S][:, S]
+    M[:s, s] = M[s, :s] = 1.0
+    rhs = torch.zeros(s + 1, dtype=torch.float64)
+    rhs[s] = 1.0
+    if torch.linalg.matrix_rank(M, rtol=1e-14) < s + 1:
+        return None
+    return torch.linalg.solve(M, rhs)[:s]
+
+
+def min_norm_weights(gram: Tensor) -> Tensor:
+    """Exact min-norm weights ``[N, T]`` by Wolfe's minimum-norm-point algorithm (Wolfe 1976),
+    the steps of ``mtlk::min_norm_solve``: start at the shortest gradient; add the gradient of
+    smallest ``<g_j, x>`` while it beats ``|x|^2``; move to the corral's affine minimiser,
+    stepping back to the simplex's boundary and dropping gradients when it leaves."""
+    N, T, _ = gram.shape
+    out = torch.zeros(N, T, dtype=gram.dtype, device=gram.device)
+    for n in range(N):
+        G = gram[n].detach().cpu().double()
+        scale = float(G.diagonal().max()) if T else 0.0
+        if T == 0:
+            continue
+        if not scale > 0.0:
+            out[n, 0] = 1.0
+            continue
+        G = G / scale
+        S = [int(torch.argmin(G.diagonal()))]
+        lam = torch.ones(1, dtype=torch.float64)
+        for _ in range(4 * T + 4):
+            Gx = G[:, S] @ lam
+            xx = float(lam @ Gx[S])
+            enter = int(torch.argmin(Gx))
+            if not float(Gx[enter]) < xx - MIN_NORM_OPT_TOL or enter in S:
+                break
+            S, lam = S + [enter], torch.cat([lam, torch.zeros(1, dtype=torch.float64)])
+            stuck = False
+            for _ in range(T + 2):
+                alpha = _affine_min(G, S)
+                if alpha is None:
+                    S, lam, stuck = S[:-1], lam[:-1], True
+                    break
+                if bool((alpha > MIN_NORM_POS_TOL).all()):
+                    lam = alpha
+                    break
+                out_ = (alpha <= MIN_NORM_POS_TOL) & (lam - alpha > 0)
+                theta = min([1.0] + [float(lam[i] / (lam[i] - alpha[i])) for i in range(len(S)) if out_[i]])
+                lam = lam + theta * (alpha - lam)
+                keep = [i for i in range(len(S)) if float(lam[i]) > MIN_NORM_POS_TOL]
+                S, lam = [S[i] for i in keep], lam[keep]
+                lam = lam / lam.sum()
+            if stuck:
+                break
+        for i, k in enumerate(S):
+            out[n, k] += lam[i].to(out.dtype)
+    return out
+
+
 # ---------------------------------------------------------------------------------- PE-LTR
 
 def project_scaled_simplex(u: Tensor, s: float) -> Tensor:

@@ -120,6 +120,7 @@ def test_solvers_match_the_cpu_kernels(T):
              (lambda g, o, t, lb: S.gradvac_weights(g, o, t, 0.5, backend="native")[0], 1e-12),
              (lambda g, o, t, lb: S.gradvac_weights(g, o, t, 0.5, backend="native")[1], 1e-12),
              (lambda g, o, t, lb: S.mgda_weights(g, backend="native"), 1e-9),
+             (lambda g, o, t, lb: S.min_norm_weights(g, backend="native"), 1e-9),
              (lambda g, o, t, lb: S.peltr_weights(g, lb, backend="native"), 1e-9)]
     for fn, tol in cases:
         cpu = fn(G, order, target, lower)

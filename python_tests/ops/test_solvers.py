@@ -4,6 +4,8 @@ themselves, and the op machinery (opcheck, fake tensors, compile, vmap, no autog
 Bad input is in test_solvers_errors.py."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -402,7 +404,7 @@ def op_cases():
     G = gram_of(make_J(3, 4, "random"))
     o, t, c = orders(3, 4), targets(3, 4), bounds(3, 4)
     return [("pcgrad_weights", (G, o)), ("gradvac_weights", (G, o, t, 0.5, False)),
-            ("mgda_weights", (G, 250, 1e-5)), ("peltr_weights", (G, c))]
+            ("mgda_weights", (G, 250, 1e-5)), ("min_norm_weights", (G,)), ("peltr_weights", (G, c))]
 
 
 @needs_native
@@ -470,3 +472,82 @@ def test_random_orders_are_permutations():
     o = S.random_orders(4, 6, generator=torch.Generator().manual_seed(0))
     assert o.shape == (4, 6, 6) and o.dtype == torch.int64
     assert torch.equal(o.sort(-1).values, torch.arange(6).expand(4, 6, 6))
+
+
+# ---------------------------------------------------------------------- exact min-norm (Wolfe)
+
+def brute_force_min_norm(G: torch.Tensor) -> float:
+    """min w^T G w over the simplex by enumerating supports: the affine minimiser of every subset
+    (a least-squares KKT solve), kept when it lies in the simplex."""
+    T = G.shape[0]
+    best = float(G.diagonal().min())
+    for r in range(2, T + 1):
+        for S_ in itertools.combinations(range(T), r):
+            idx = list(S_)
+            M = torch.zeros(r + 1, r + 1, dtype=F64)
+            M[:r, :r] = G[idx][:, idx]
+            M[:r, r] = M[r, :r] = 1.0
+            rhs = torch.zeros(r + 1, dtype=F64)
+            rhs[r] = 1.0
+            a = torch.linalg.lstsq(M, rhs).solution[:r]
+            if bool((a >= -1e-12).all()) and abs(float(a.sum()) - 1) < 1e-9:
+                best = min(best, float(a @ G[idx][:, idx] @ a))
+    return best
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS + ["low_rank_conflict"])
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 7])
+def test_min_norm_is_the_optimum_of_the_simplex_qp(backend, kind, T):
+    if kind == "low_rank_conflict":  # T gradients in a 2-d subspace: the case Frank-Wolfe misses
+        J = torch.randn(6, T, 2, generator=torch.Generator().manual_seed(T), dtype=F64)
+    else:
+        J = make_J(6, T, kind, P=4)
+    G = gram_of(J)
+    w = S.min_norm_weights(G, backend=backend)
+    assert (w >= 0).all()
+    torch.testing.assert_close(w.sum(1), torch.ones(6, dtype=F64), rtol=0, atol=1e-12)
+    for n in range(6):
+        got = float(w[n] @ G[n] @ w[n])
+        best = brute_force_min_norm(G[n])
+        assert got - best <= 1e-9 * max(best, 0.0) + 1e-13 * float(max_diag(G[n])), (n, got, best)
+
+
+@needs_native
+@pytest.mark.parametrize("T", [4, 16, 64])
+def test_min_norm_native_meets_the_kkt_conditions_and_matches_the_reference(T):
+    """KKT of min w^T G w on the simplex: (G w)_j >= w^T G w for every j, equality on the support."""
+    J = make_J(4, T, "random", P=max(3, T // 4))
+    G = gram_of(J)
+    w = S.min_norm_weights(G, backend="native")
+    Gw = (G @ w.unsqueeze(-1)).squeeze(-1)
+    wGw = (w * Gw).sum(-1, keepdim=True)
+    scale = max_diag(G).unsqueeze(-1)
+    assert ((wGw - Gw) / scale).max() < 1e-12
+    assert (((Gw - wGw) / scale)[w > 1e-12]).abs().max() < 1e-12
+    if T <= 16:
+        wr = S.min_norm_weights(G, backend="reference")
+        torch.testing.assert_close((wr * (G @ wr.unsqueeze(-1)).squeeze(-1)).sum(-1), wGw.squeeze(-1),
+                                   rtol=1e-9, atol=1e-13)
+
+
+@needs_native
+def test_min_norm_beats_frank_wolfe_where_the_gradients_conflict_in_few_dimensions():
+    """8 gradients in 3 dimensions, all in one half-space (the optimum is not the origin)."""
+    J = torch.randn(64, 8, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    J[..., 0] = J[..., 0].abs() + 0.3
+    G = gram_of(J)
+    obj = lambda w: (w * (G @ w.unsqueeze(-1)).squeeze(-1)).sum(-1)  # noqa: E731
+    exact, fw = obj(S.min_norm_weights(G)), obj(S.mgda_weights(G))
+    assert (exact <= fw * (1 + 1e-12)).all()
+    assert ((fw - exact) / exact).max() > 1e-2  # Frank-Wolfe (250 steps, tol 1e-5) stops 4 % above here
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_min_norm_edge_cases(backend):
+    assert S.min_norm_weights(torch.ones(1, 1, dtype=F64), backend=backend).tolist() == [1.0]
+    assert S.min_norm_weights(torch.zeros(3, 3, dtype=F64), backend=backend).tolist() == [1.0, 0.0, 0.0]
+    G = torch.eye(3, dtype=F64)
+    G[1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"min_norm_weights: gram\[0\] holds NaN or Inf"):
+        S.min_norm_weights(G, backend=backend)

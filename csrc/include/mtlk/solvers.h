@@ -20,6 +20,10 @@
 //            the exact closed form returning exact {0, 1} at the ends (the reference codes
 //            clamp to 0.001 / 0.999); T > 2 starts from the best pair and runs Frank-Wolfe
 //            with exact line search (first index on ties).
+//   min_norm (the exact MGDA problem): the same w by Wolfe's minimum-norm-point algorithm
+//            (Wolfe 1976) on G: a corral of affinely independent gradients, each minor cycle an
+//            exact affine minimisation (a KKT solve), finite; optimal to rounding, where
+//            Frank-Wolfe stops short of the optimum once T > 2 and the gradients conflict.
 //   peltr    (Lin et al., RecSys 2019, PECsolver): relaxed KKT solve of
 //            min ||J^T w||^2 s.t. sum w = 1 (w = what + c), minimum-norm (pseudo-inverse)
 //            solution, then Euclidean projection of what onto {v >= 0, sum v = 1 - sum c}.
@@ -59,6 +63,7 @@ constexpr double kPeltrRangeTol = 1e-10;
 MTLK_HOST_DEVICE int64_t pcgrad_scratch(int64_t T) { return 2 * T; }
 MTLK_HOST_DEVICE int64_t gradvac_scratch(int64_t T) { return 2 * T; }
 MTLK_HOST_DEVICE int64_t mgda_scratch(int64_t T) { return T; }
+MTLK_HOST_DEVICE int64_t min_norm_scratch(int64_t T) { return (T + 2) * (T + 2) + 6 * (T + 2); }
 MTLK_HOST_DEVICE int64_t peltr_scratch(int64_t T) { return 2 * T * T + 6 * T; }
 
 MTLK_HOST_DEVICE double clamp0(double v) { return v > 0.0 ? v : 0.0; }
@@ -246,6 +251,146 @@ MTLK_HOST_DEVICE int mgda_solve(const double* G, int64_t T, int64_t max_iter, do
     w[t] += step;
     if (step < tol || step <= 0.0) break;
   }
+  return kSolverOk;
+}
+
+// Relative tolerances of min_norm_solve (times max_k G_kk): a candidate must lower <g, x> below
+// |x|^2 by more than kMinNormOptTol to enter; a corral weight at or below kMinNormPosTol leaves.
+constexpr double kMinNormOptTol = 1e-13;
+constexpr double kMinNormPosTol = 1e-14;
+
+// Affine minimiser on the corral S (s indices): alpha = argmin alpha^T G_SS alpha subject to
+// sum alpha = 1, from the KKT system [G_SS / scale 1; 1^T 0] [alpha; -mu] = [0; 1] (G divided by
+// its largest diagonal entry, so every entry is at most 1 like the ones), by Gaussian
+// elimination with partial pivoting in M ((s + 1)^2 scratch). False when the system is
+// singular (a pivot below 1e-14): the corral is affinely dependent.
+MTLK_HOST_DEVICE bool corral_affine_min(const double* G, int64_t T, const double* S, int64_t s, double scale,
+                                        double* M, double* alpha) {
+  const int64_t n = s + 1;
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < n; ++c) {
+      double v;
+      if (r < s && c < s) v = G[static_cast<int64_t>(S[r]) * T + static_cast<int64_t>(S[c])] / scale;
+      else v = (r == s && c == s) ? 0.0 : 1.0;
+      M[r * n + c] = v;
+    }
+    alpha[r] = r == s ? 1.0 : 0.0;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    int64_t p = k;
+    for (int64_t r = k + 1; r < n; ++r) p = fabs(M[r * n + k]) > fabs(M[p * n + k]) ? r : p;
+    if (!(fabs(M[p * n + k]) > 1e-14)) return false;
+    if (p != k) {
+      for (int64_t c = 0; c < n; ++c) {
+        const double t = M[k * n + c];
+        M[k * n + c] = M[p * n + c];
+        M[p * n + c] = t;
+      }
+      const double t = alpha[k];
+      alpha[k] = alpha[p];
+      alpha[p] = t;
+    }
+    for (int64_t r = k + 1; r < n; ++r) {
+      const double f = M[r * n + k] / M[k * n + k];
+      for (int64_t c = k; c < n; ++c) M[r * n + c] -= f * M[k * n + c];
+      alpha[r] -= f * alpha[k];
+    }
+  }
+  for (int64_t k = n - 1; k >= 0; --k) {
+    double v = alpha[k];
+    for (int64_t c = k + 1; c < n; ++c) v -= M[k * n + c] * alpha[c];
+    alpha[k] = v / M[k * n + k];
+  }
+  return true;  // alpha[0..s) the weights, alpha[s] = -mu
+}
+
+// Exact min-norm weights of one problem (w [T] out, scratch min_norm_scratch(T)): Wolfe's
+// algorithm. Start at the shortest gradient (first on ties); a major cycle adds the gradient
+// with the smallest <g_j, x>, if it lowers the norm; minor cycles move to the corral's affine
+// minimiser, stepping back to the boundary and dropping a gradient whenever that minimiser
+// leaves the simplex. All-zero G gives e_0; T = 1 gives 1.
+MTLK_HOST_DEVICE int min_norm_solve(const double* G, int64_t T, double* w, double* scratch) {
+  for (int64_t k = 0; k < T; ++k) w[k] = 0.0;
+  if (!all_finite(G, T * T)) return kSolverNonFiniteGram;
+  if (T <= 0) return kSolverOk;
+  double* M = scratch;                   // (T + 2)^2
+  double* S = M + (T + 2) * (T + 2);     // corral indices (as doubles), T + 2
+  double* lam = S + (T + 2);             // corral weights
+  double* alpha = lam + (T + 2);         // affine minimiser (+ multiplier)
+  double* Gx = alpha + (T + 2);          // <g_j, x>, T
+  double scale = 0.0;
+  int64_t first = 0;
+  for (int64_t k = 0; k < T; ++k) {
+    scale = G[k * T + k] > scale ? G[k * T + k] : scale;
+    if (G[k * T + k] < G[first * T + first]) first = k;
+  }
+  if (!(scale > 0.0)) {  // every gradient is zero: any point is optimal
+    w[0] = 1.0;
+    return kSolverOk;
+  }
+  int64_t s = 1;
+  S[0] = static_cast<double>(first);
+  lam[0] = 1.0;
+  for (int64_t major = 0; major < 4 * T + 4; ++major) {
+    double xx = 0.0;
+    for (int64_t j = 0; j < T; ++j) {
+      double v = 0.0;
+      for (int64_t i = 0; i < s; ++i) v += G[j * T + static_cast<int64_t>(S[i])] * lam[i];
+      Gx[j] = v;
+    }
+    for (int64_t i = 0; i < s; ++i) xx += lam[i] * Gx[static_cast<int64_t>(S[i])];
+    int64_t enter = 0;
+    for (int64_t j = 1; j < T; ++j) enter = Gx[j] < Gx[enter] ? j : enter;
+    if (!(Gx[enter] < xx - kMinNormOptTol * scale)) break;  // no gradient lowers the norm: optimal
+    bool member = false;
+    for (int64_t i = 0; i < s; ++i) member = member || static_cast<int64_t>(S[i]) == enter;
+    if (member || s == T + 1) break;  // rounding: nothing left to gain
+    S[s] = static_cast<double>(enter);
+    lam[s] = 0.0;
+    ++s;
+    bool stuck = false;
+    for (int64_t minor = 0; minor < T + 2; ++minor) {
+      if (!corral_affine_min(G, T, S, s, scale, M, alpha)) {  // affinely dependent: undo the entry
+        stuck = true;
+        --s;
+        break;
+      }
+      bool inside = true;
+      for (int64_t i = 0; i < s; ++i) inside = inside && alpha[i] > kMinNormPosTol;
+      if (inside) {
+        for (int64_t i = 0; i < s; ++i) lam[i] = alpha[i];
+        break;
+      }
+      double theta = 1.0;  // the largest step from lam towards alpha that stays in the simplex
+      for (int64_t i = 0; i < s; ++i) {
+        if (alpha[i] <= kMinNormPosTol && lam[i] - alpha[i] > 0.0) {
+          const double t = lam[i] / (lam[i] - alpha[i]);
+          theta = t < theta ? t : theta;
+        }
+      }
+      double total = 0.0;
+      int64_t kept = 0;
+      for (int64_t i = 0; i < s; ++i) {
+        const double v = lam[i] + theta * (alpha[i] - lam[i]);
+        if (v > kMinNormPosTol) {
+          S[kept] = S[i];
+          lam[kept] = v;
+          total += v;
+          ++kept;
+        }
+      }
+      if (kept == 0) {  // cannot happen in exact arithmetic; keep the entered gradient
+        S[0] = static_cast<double>(enter);
+        lam[0] = 1.0;
+        kept = 1;
+        total = 1.0;
+      }
+      s = kept;
+      for (int64_t i = 0; i < s; ++i) lam[i] /= total;
+    }
+    if (stuck) break;
+  }
+  for (int64_t i = 0; i < s; ++i) w[static_cast<int64_t>(S[i])] += lam[i];
   return kSolverOk;
 }
 
