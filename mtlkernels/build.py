@@ -86,12 +86,10 @@ def gradnorm_layer(model: mnn.WithFeatures) -> list[nn.Parameter]:
         layer = inner.bottom.layers[-1]
     elif isinstance(inner, mnn.MMoE):
         layer = inner.experts.layers[-1]
-    elif isinstance(inner, mnn.PLE) and (inner.levels[-1].shared is not None or inner.shared_experts > 0):
+    elif isinstance(inner, mnn.PLE) and inner.shared_experts > 0:  # the last level's shared experts
         last = inner.levels[-1]
         layer = (last.shared if last.shared is not None else last.experts).layers[-1]
-    elif isinstance(inner, mnn.PLE) and len(inner.levels) > 1:  # no shared expert: the level below's
-        layer = inner.levels[-2].experts.layers[-1]
-    else:
+    else:  # no shared layer in the model (a PLE without shared experts is task specific throughout)
         params = list(model.features.parameters())
         if not params:
             raise ConfigError("--method gradnorm: the model has no shared layer to balance at (this model shares only "

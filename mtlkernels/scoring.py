@@ -7,10 +7,10 @@ import math
 import os
 from typing import Any
 
-from mtlkernels.build import ConfigError
-from mtlkernels.config import TrainConfig
 import torch
 
+from mtlkernels.build import ConfigError
+from mtlkernels.config import TrainConfig
 from mtlkernels.data import DataError, MultiTaskData, Preprocessor, TabularData, apply_preprocessing, read_table
 
 

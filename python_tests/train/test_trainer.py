@@ -212,3 +212,18 @@ def test_aitm_calibrates_only_a_funnel():
     assert other.model.model.calibrator_alpha == 0.0
     m = other.fit()
     assert m["tasks"] == ["like", "click"]
+
+
+def test_gradnorm_balances_at_a_shared_layer_of_every_ple():
+    """GradNorm's layer is shared: the last level's shared experts, or the embeddings when a PLE
+    has no shared expert (every expert of such a PLE is task specific)."""
+    from mtlkernels import nn as mnn
+    from mtlkernels.build import gradnorm_layer
+
+    features = mnn.FeatureEmbedding(mnn.FeatureSchema(sparse=(mnn.SparseField("a", 5),), embedding_dim=4))
+    for shared in (2, 0):
+        model = mnn.WithFeatures(features, mnn.PLE(4, 2, [1, 2], shared, (6,), (3,), num_levels=2))
+        chosen = {id(p) for p in gradnorm_layer(model)}
+        assert chosen <= {id(p) for p in model.shared_parameters()}
+        if shared == 0:
+            assert chosen == {id(features.table)}
