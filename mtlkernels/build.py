@@ -21,6 +21,10 @@ class ConfigError(ValueError):
     """A setting (flag or config key) that cannot be used; the CLI prints it as one line."""
 
 
+class TrainingError(RuntimeError):
+    """A run that cannot go on (a NaN or Inf loss or gradient); the CLI prints it as one line."""
+
+
 def is_funnel(schema) -> bool:
     """Every task after the previous one, on the entire space (click -> purchase -> ...)."""
     t = schema.tasks

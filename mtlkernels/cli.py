@@ -19,7 +19,7 @@ import shutil
 import sys
 
 import mtlkernels
-from mtlkernels.build import METHODS, MODELS, ConfigError
+from mtlkernels.build import METHODS, MODELS, ConfigError, TrainingError
 from mtlkernels.data import DataError
 
 
@@ -282,6 +282,9 @@ def main(argv=None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"mtlkernels {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingError as exc:
+        print(f"mtlkernels {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:  # a file the command must read or write
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"mtlkernels {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -34,7 +34,9 @@ from torch import Tensor
 from mtlkernels._types import check_value
 from mtlkernels.balance import task_gradients
 from mtlkernels.balance.base import GramMethod, shared_list
-from mtlkernels.build import REPRESENTATION_METHODS, ConfigError, build_method, build_model, check_model_fits
+from mtlkernels.balance.blocks import SharedBlocks
+from mtlkernels.build import (REPRESENTATION_METHODS, ConfigError, TrainingError, build_method, build_model,
+                              check_model_fits)
 from mtlkernels.config import TrainConfig
 from mtlkernels.data import DataError, DataSchema, MultiTaskData, census, load_file, recsys, synthetic
 from mtlkernels.data.table import TabularData
@@ -176,8 +178,14 @@ class Trainer:
         diagnose = every > 0 and (self.position["global_step"] + 1) % every == 0 and len(self.names) > 1
         G = None
         if diagnose and not isinstance(self.method, GramMethod):
-            G = gram(task_gradients(losses, [rep] if rep is not None else shared_list(self.model)))
+            G = gram(task_gradients(losses, [rep]) if rep is not None else
+                     SharedBlocks(losses, self.model, shared_list(self.model)).blocks)
         weights = self.method.backward(losses, shared=self.model, representation=rep)
+        try:
+            self.method.check_finite(self.names)
+        except ValueError as exc:
+            raise TrainingError(f"epoch {self.position['epoch'] + 1}, step {self.position['step'] + 1}: {exc} "
+                                "(a smaller --lr may help; the checkpoints hold the last finished epoch)") from None
         self.optimizer.step()
         if diagnose and G is None:
             G = self.method.last_gram

@@ -26,7 +26,7 @@ def aggregate(method: GramMethod, jacobian: Tensor | Sequence[Tensor], losses: T
         ``(update, weights)``: ``update`` is ``[P]`` for a matrix, else a list with one
         ``[*shape]`` tensor per block; ``weights`` is ``[T]`` in the gradients' dtype (``[K, T]``,
         one row per block, for per-layer GradVac). Non-finite gradients raise ``ValueError``
-        naming the task (``method.backward``'s check).
+        naming the task (``method.check_finite()``).
     """
     if not isinstance(method, GramMethod):
         raise TypeError(f"aggregate: {type(method).__name__} is not a gradient method (PCGrad, GradVac, MGDA, "
@@ -52,6 +52,7 @@ def aggregate(method: GramMethod, jacobian: Tensor | Sequence[Tensor], losses: T
         w = torch.ones(1, dtype=blocks[0].dtype, device=blocks[0].device)
     else:
         w = method.aggregate_weights(blocks, losses).to(blocks[0].dtype)
+        method.check_finite()
     out = [torch.empty(b.shape[1:], dtype=b.dtype, device=b.device) for b in blocks]
     if w.dim() == 1:
         combine_(blocks, w, out, accumulate=False)

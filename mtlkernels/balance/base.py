@@ -6,25 +6,25 @@ and returns the task weights it applied (for logging).
 """
 from __future__ import annotations
 
+import weakref
 from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
+from mtlkernels.balance.blocks import SharedBlocks, discard_lookups
 from mtlkernels.balance.jacobian import task_gradients
-from mtlkernels.ops import combine_, gram
+from mtlkernels.ops import gram
 
 
 def check_losses(losses: Tensor) -> int:
-    """``losses`` must be a finite ``[T]`` tensor; returns T. Nothing is updated on failure."""
+    """``losses`` must be a ``[T]`` tensor with a graph; returns T. Host-side checks only (their
+    finiteness is flagged on the device: ``Method.check_finite``)."""
     if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.numel() == 0:
         raise ValueError(f"losses must be a non-empty [T] tensor of task losses, got "
                          f"{tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__}")
     if not losses.requires_grad:
         raise ValueError("losses does not require grad: compute it from the model's outputs")
-    bad = ~torch.isfinite(losses.detach())
-    if bool(bad.any()):
-        raise ValueError(f"losses of task(s) {bad.nonzero().flatten().tolist()} are NaN or Inf; no update applied")
     return losses.shape[0]
 
 
@@ -54,26 +54,65 @@ def graph_leaves(root: Tensor) -> list[Tensor]:
     return leaves
 
 
-def backward_except(total: Tensor, exclude: Iterable[Tensor]) -> None:
-    """``total.backward()`` into every leaf of its graph except ``exclude``."""
-    excluded = {id(p) for p in exclude}
-    rest = [p for p in graph_leaves(total) if id(p) not in excluded]
+#: per shared model: (ids of the excluded parameters, the other leaves its graph reached)
+_OTHER_LEAVES: "weakref.WeakKeyDictionary[nn.Module, tuple[frozenset, list[Tensor]]]" = weakref.WeakKeyDictionary()
+
+
+def backward_except(total: Tensor, exclude: Iterable[Tensor], shared=None) -> None:
+    """``total.backward()`` into every leaf of its graph except ``exclude``.
+
+    The leaves are found by walking the graph once per shared model (``shared``, a module) and
+    cached: a later graph of the same model reaches the same parameters (a leaf it does not reach
+    is skipped by autograd). With a parameter list as ``shared`` the graph is walked each call.
+    """
+    excluded = frozenset(id(p) for p in exclude)
+    cached = _OTHER_LEAVES.get(shared) if isinstance(shared, nn.Module) else None
+    if cached is not None and cached[0] == excluded:
+        rest = cached[1]
+    else:
+        rest = [p for p in graph_leaves(total) if id(p) not in excluded]
+        if isinstance(shared, nn.Module):
+            _OTHER_LEAVES[shared] = (excluded, rest)
     if rest:
         torch.autograd.backward(total, inputs=rest)
 
 
-def accumulate(params: list[Tensor], blocks: list[Tensor], weights: Tensor) -> None:
-    """``p.grad += sum_t weights[t] * block[t]`` for each parameter, in place; a parameter
-    without a gradient gets a fresh ``.grad`` written once (no zero fill, no read)."""
-    fresh = [p.grad is None for p in params]
-    for p, new in zip(params, fresh):
-        if new:
-            p.grad = torch.empty_like(p, memory_format=torch.contiguous_format)
-    existing = [k for k, new in enumerate(fresh) if not new]
-    created = [k for k, new in enumerate(fresh) if new]
-    for ks, acc in ((existing, True), (created, False)):
-        if ks:
-            combine_([blocks[k] for k in ks], weights, [params[k].grad for k in ks], accumulate=acc)
+class Method(nn.Module):
+    """What every method shares: the device-side finiteness flag.
+
+    ``backward`` reads nothing back from the device: a task whose loss (or, for the gradient
+    methods, whose gradient) holds NaN or Inf is flagged, and ``check_finite()`` raises
+    ``ValueError`` naming the flagged tasks since its last call. Call it before
+    ``optimizer.step()`` (``mtlkernels.train.Trainer`` does, every step) or at your own
+    synchronisation points; the ``.grad`` of a flagged step holds non-finite values.
+    """
+
+    _nonfinite: Tensor | None = None
+
+    def _flag(self, bad: Tensor) -> None:
+        """ORs ``bad`` ``[T]`` (bool, on the device) into the flag."""
+        self._nonfinite = bad if self._nonfinite is None or self._nonfinite.shape != bad.shape \
+            else self._nonfinite | bad
+
+    def _flag_losses(self, losses: Tensor) -> None:
+        self._flag(~torch.isfinite(losses.detach()))
+
+    def _flag_gram(self, G: Tensor) -> Tensor:
+        """Flags the tasks whose gradient holds NaN or Inf (G's diagonal; ``[..., T, T]``, the
+        leading dimensions per layer) and returns G with its non-finite entries zeroed, so that
+        the solvers run (and stay on the device) whatever the flag says."""
+        diagonal = torch.diagonal(G, dim1=-2, dim2=-1)
+        self._flag(~torch.isfinite(diagonal.reshape(-1, G.shape[-1])).all(0))
+        return torch.where(torch.isfinite(G), G, torch.zeros((), dtype=G.dtype, device=G.device))
+
+    def check_finite(self, names: list[str] | None = None) -> None:
+        """Raises ``ValueError`` naming the tasks (their index, or ``names[t]``) flagged since the
+        last call; one host sync."""
+        flag, self._nonfinite = self._nonfinite, None
+        if flag is not None and bool(flag.any()):
+            tasks = flag.nonzero().flatten().tolist()
+            tasks = [names[t] for t in tasks] if names is not None else tasks
+            raise ValueError(f"task(s) {tasks} had NaN or Inf losses or gradients; do not apply this step")
 
 
 class GrowingBuffers:
@@ -90,14 +129,7 @@ class GrowingBuffers:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def check_gram(G: Tensor) -> None:
-    bad = ~torch.isfinite(torch.diagonal(G))
-    if bool(bad.any()):
-        raise ValueError(f"gradients of task(s) {bad.nonzero().flatten().tolist()} hold NaN or Inf; "
-                         "no update applied")
-
-
-class WeightingMethod(nn.Module):
+class WeightingMethod(Method):
     """A method that only reweights the losses: one backward of ``sum_t w_t L_t`` (plus whatever
     extra term the method adds, e.g. Uncertainty Weighting's regulariser)."""
 
@@ -109,12 +141,14 @@ class WeightingMethod(nn.Module):
 
     def backward(self, losses: Tensor, shared=None, *, representation: Tensor | None = None) -> Tensor:
         check_losses(losses)
+        self._flag_losses(losses)
+        discard_lookups(shared)
         weights = self.loss_weights(losses)
         self.total_loss(losses, weights).backward()
         return weights.detach()
 
 
-class GramMethod(nn.Module):
+class GramMethod(Method):
     """A gradient method that needs only the Gram matrix G of the task gradients:
     ``w = self.gram_weights(G, losses)``, then the shared parameters get ``J^T w`` and the
     others (task heads) the gradient of ``sum_t w_t L_t``.
@@ -134,30 +168,31 @@ class GramMethod(nn.Module):
 
     def aggregate_weights(self, blocks: list[Tensor], losses: Tensor) -> Tensor:
         """The weights ``[T]`` of the task-gradient ``blocks`` (``mtlkernels.balance.aggregate``)."""
-        G = gram(blocks)
-        check_gram(G)
+        G = self._flag_gram(gram(blocks))
         self.last_gram = G
         return self.gram_weights(G, losses)
 
-    def _solve(self, losses: Tensor, inputs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-        """Task-gradient blocks at ``inputs`` and the method's weights (checked finite first)."""
-        blocks = task_gradients(losses, inputs)
-        G = gram(blocks)
-        check_gram(G)
+    def _solve(self, losses: Tensor, blocks: list[Tensor]) -> Tensor:
+        """The method's weights of the task-gradient ``blocks`` (flagged if not finite)."""
+        G = self._flag_gram(gram(blocks))
         self.last_gram = G.detach()  # for diagnostics (task-gradient cosines), not state
-        return blocks, self.gram_weights(G, losses.detach()).to(losses.dtype)
+        return self.gram_weights(G, losses.detach()).to(losses.dtype)
 
     def backward(self, losses: Tensor, shared=None, *, representation: Tensor | None = None) -> Tensor:
         T = check_losses(losses)
+        self._flag_losses(losses)
         if representation is not None:
-            _, w = self._solve(losses, [representation])
+            discard_lookups(shared)
+            w = self._solve(losses, task_gradients(losses, [representation]))
             (w * losses).sum().backward()
             return w.detach()
         params = shared_list(shared)
         if T == 1:
+            discard_lookups(shared)
             losses.sum().backward()
             return torch.ones(1, dtype=losses.dtype, device=losses.device)
-        blocks, w = self._solve(losses, params)
-        accumulate(params, blocks, w)
-        backward_except((w * losses).sum(), params)
+        blocks = SharedBlocks(losses, shared, params)
+        w = self._solve(losses, blocks.blocks)
+        blocks.apply(w)
+        backward_except((w * losses).sum(), blocks.leaves, shared)
         return w.detach()

@@ -45,7 +45,10 @@ class GradNorm(GrowingBuffers, WeightingMethod):
         T = check_losses(losses)
         if T != self.weights.numel():
             raise ValueError(f"GradNorm: {T} losses for {self.weights.numel()} tasks")
-        L = losses.detach().double().cpu()
+        L = losses.detach().double().cpu()  # GradNorm's state lives on the host: it reads back anyway
+        if not bool(torch.isfinite(L).all()):
+            raise ValueError(f"GradNorm: losses of task(s) {(~torch.isfinite(L)).nonzero().flatten().tolist()} are "
+                             "NaN or Inf; no update applied")
         if self.initial_losses.numel() == 0:
             self.initial_losses = L.clamp_min(1e-12)
         norms = torch.sqrt(torch.diagonal(gram(task_gradients(losses, self.layer))).clamp_min(0)).cpu()

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlkernels.balance.base import (GramMethod, GrowingBuffers, accumulate, backward_except, check_gram,
-                                     check_losses, shared_list)
-from mtlkernels.balance.jacobian import task_gradients
+from mtlkernels.balance.base import (GramMethod, GrowingBuffers, backward_except, check_losses, shared_list)
+from mtlkernels.balance.blocks import SharedBlocks
 from mtlkernels.balance.random_order import TaskOrder
 from mtlkernels.ops import block_grams
 from mtlkernels.ops.solvers import gradvac_weights
@@ -71,8 +70,8 @@ class GradVac(GrowingBuffers, GramMethod):
         """Per-layer granularity: ``[K, T]`` weights, one row per block, each from its own Gram
         and targets."""
         T = blocks[0].shape[0]
-        Gk = block_grams(blocks)  # [K, T, T]
-        check_gram(Gk.sum(0))
+        Gk = self._flag_gram(block_grams(blocks))  # [K, T, T]
+        self.last_gram = Gk.sum(0).detach()  # the whole model's G, for diagnostics
         targets = self._targets((len(blocks), T, T), Gk.device)
         orders = torch.stack([self.order.draw(T, Gk.device) for _ in blocks])
         W, self.target = gradvac_weights(Gk, orders, targets, self.beta, every_pair=EMA_RULES[self.ema])
@@ -87,11 +86,10 @@ class GradVac(GrowingBuffers, GramMethod):
         if self.granularity == "model" or representation is not None:
             return super().backward(losses, shared, representation=representation)
         check_losses(losses)
-        params = shared_list(shared)
-        blocks = task_gradients(losses, params)
-        W = self.layer_weights(blocks)
-        for k, p in enumerate(params):
-            accumulate([p], [blocks[k]], W[k].to(losses.dtype))
-        w = W.mean(0).to(losses.dtype)
-        backward_except((w * losses).sum(), params)
+        self._flag_losses(losses)
+        blocks = SharedBlocks(losses, shared, shared_list(shared))
+        W = self.layer_weights(blocks.blocks).to(losses.dtype)
+        blocks.apply(W)
+        w = W.mean(0)
+        backward_except((w * losses).sum(), blocks.leaves, shared)
         return w.detach()

@@ -20,7 +20,8 @@ def _missing_batching_rule(exc: RuntimeError) -> bool:
     return any(marker in message for marker in MISSING_BATCHING_RULE)
 
 
-def task_gradients(losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = True) -> list[Tensor]:
+def task_gradients(losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = True,
+                   unused_as_none: bool = False) -> list[Tensor | None]:
     """Gradients of every task loss with respect to every tensor in ``inputs``.
 
     Args:
@@ -30,6 +31,8 @@ def task_gradients(losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = 
             as one vmapped backward). If an op in the graph has no batching rule the call falls
             back, with a warning, to T ordinary backward passes (only then: any other error,
             out-of-memory included, propagates); ``batched=False`` asks for those directly.
+
+        unused_as_none: None, instead of a zero block, for an input no task reaches.
 
     Returns:
         one block ``[T, *x.shape]`` per input (zeros where a task does not reach the input).
@@ -53,4 +56,6 @@ def task_gradients(losses: Tensor, inputs: Sequence[Tensor], *, batched: bool = 
         grads = [None if all(g[k] is None for g in per_task) else
                  torch.stack([g[k] if g[k] is not None else torch.zeros_like(inputs[k]) for g in per_task])
                  for k in range(len(inputs))]
+    if unused_as_none:
+        return list(grads)
     return [g if g is not None else x.new_zeros(T, *x.shape) for g, x in zip(grads, inputs)]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlkernels.nn.lookup import Lookup, LookupRecords
 from mtlkernels.nn.numeric import PiecewiseLinearEncoding
 
 
@@ -86,11 +87,20 @@ class FeatureEmbedding(nn.Module):
 
     ``bags``: ``(values [nnz] int, lengths [B, K] int)`` (``mtlkernels.data.Bags``): row b's bag of
     field k is the next ``lengths[b, k]`` values, rows in order, fields in order within a row.
+
+    ``sparse_gradients=True`` gives the table a sparse gradient (as ``nn.Embedding(sparse=True)``;
+    for ``torch.optim.SparseAdam``, ``Adagrad`` or ``SGD``). Each training forward records its
+    lookup (``lookups``) so that a gradient method forms the table's share of the task-gradient
+    Gram and writes its update from the ``[T, B, fields, E]`` gradients at the lookup output,
+    never a dense ``[T, rows, E]`` block (``mtlkernels.balance.blocks``); the table must not be
+    used outside this module's forward for that to hold.
     """
 
-    def __init__(self, schema: FeatureSchema):
+    def __init__(self, schema: FeatureSchema, *, sparse_gradients: bool = False):
         super().__init__()
         self.schema = schema
+        self.sparse_gradients = sparse_gradients
+        self.lookups = LookupRecords()
         fields = [*schema.sparse, *schema.bags]
         vocab = [f.vocab_size for f in fields]
         offsets = torch.tensor([0] + vocab[:-1], dtype=torch.long).cumsum(0) if vocab else torch.zeros(0, dtype=torch.long)
@@ -192,8 +202,20 @@ class FeatureEmbedding(nn.Module):
                               torch.ones((), dtype=self.table.dtype, device=lengths.device))
             w = torch.cat([torch.ones(B, F_, dtype=self.table.dtype, device=lengths.device), inv], 1)
             weights = torch.repeat_interleave(w.flatten(), slot_len.flatten())
-        out = F.embedding_bag(ids, self.table, starts.flatten(), mode="sum", per_sample_weights=weights)
+        out = F.embedding_bag(ids, self.table, starts.flatten(), mode="sum", per_sample_weights=weights,
+                              sparse=self.sparse_gradients)
+        if self.lookups.wanted(self.table):
+            slots = torch.repeat_interleave(torch.arange(B * (F_ + K), device=ids.device), slot_len.flatten())
+            self.lookups.add(Lookup(out, ids, slots, weights))
         return out.view(B, (F_ + K) * self.schema.embedding_dim)
+
+    def _lookup(self, sparse: Tensor) -> Tensor:
+        """The single-id fields: one gather, ``[B, F * E]``."""
+        ids = sparse + self.offsets
+        out = F.embedding(ids, self.table, sparse=self.sparse_gradients)
+        if self.lookups.wanted(self.table):
+            self.lookups.add(Lookup(out, ids.flatten().long()))
+        return out.flatten(1)
 
     def forward(self, sparse_ids: Tensor | None, dense: Tensor | None = None, bags=None) -> Tensor:
         self._check(sparse_ids, dense, bags)
@@ -201,7 +223,7 @@ class FeatureEmbedding(nn.Module):
         if self.schema.bags:
             parts.append(self._lookup_bags(sparse_ids, bags))
         elif self.table is not None:
-            parts.append(F.embedding(sparse_ids + self.offsets, self.table).flatten(1))
+            parts.append(self._lookup(sparse_ids))
         if self.schema.dense:
             param = self.table if self.table is not None else self.dense_proj.weight if self.dense_proj else None
             dense = dense.to(param.dtype if param is not None else torch.get_default_dtype())

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from mtlkernels.balance import DWA, EW, UncertaintyWeighting, task_gradients
+from mtlkernels.balance import DWA, EW, RLW, UncertaintyWeighting, task_gradients
 
 from .conftest import Problem
 
@@ -139,13 +139,28 @@ def test_task_that_does_not_touch_an_input_gets_zeros():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_loss_is_rejected_before_any_update(bad):
+@pytest.mark.parametrize("make", [EW, lambda: UncertaintyWeighting(3), lambda: DWA(3), RLW])
+def test_non_finite_loss_is_flagged_on_the_device_and_raised_by_check_finite(make, bad):
+    """backward reads nothing back; check_finite() raises naming the task, once, then clears."""
+    method = make()
     p = Problem()
-    losses = p.losses()
-    losses = torch.cat([losses[:1], losses[1:2] * bad, losses[2:]])
-    with pytest.raises(ValueError, match=r"losses of task\(s\) \[1\] are NaN or Inf; no update applied"):
-        EW().backward(losses, p.model)
-    assert all(q.grad is None for q in p.model.parameters())
+    method.backward(p.losses(), p.model)
+    method.check_finite()  # a finite step passes
+
+    def bad_losses():
+        losses = p.losses()
+        return torch.cat([losses[:1], losses[1:2] * bad, losses[2:]])
+
+    method.backward(bad_losses(), p.model)
+    with pytest.raises(ValueError, match=r"task\(s\) \['b'\] had NaN or Inf losses or gradients"):
+        method.check_finite(["a", "b", "c"])
+    method.check_finite()  # cleared by the raise
+    p.model.zero_grad()
+    method.backward(p.losses(), p.model)  # flags accumulate until checked
+    method.backward(bad_losses(), p.model)
+    method.backward(p.losses(), p.model)
+    with pytest.raises(ValueError, match=r"task\(s\) \[1\]"):
+        method.check_finite()
 
 
 @pytest.mark.parametrize("make", [EW, lambda: UncertaintyWeighting(2), lambda: DWA(2)])
