@@ -40,8 +40,9 @@ def shared_list(shared) -> list[nn.Parameter]:
     return params
 
 
-def graph_leaves(root: Tensor) -> list[Tensor]:
-    """Every leaf tensor that requires grad and that ``root``'s graph accumulates into."""
+def graph_leaves(root: Tensor, parents: dict[int, set] | None = None) -> list[Tensor]:
+    """Every leaf tensor that requires grad and that ``root``'s graph accumulates into; with
+    ``parents``, also fills ``{id(leaf): the graph nodes that feed its gradient}``."""
     leaves, seen, stack = [], set(), [root.grad_fn]
     while stack:
         fn = stack.pop()
@@ -50,29 +51,44 @@ def graph_leaves(root: Tensor) -> list[Tensor]:
         seen.add(fn)
         if hasattr(fn, "variable"):
             leaves.append(fn.variable)
-        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+        for next_fn, _ in fn.next_functions:
+            if parents is not None and next_fn is not None and hasattr(next_fn, "variable"):
+                parents.setdefault(id(next_fn.variable), set()).add(fn)
+            stack.append(next_fn)
     return leaves
 
 
-#: per shared model: (ids of the excluded parameters, the other leaves its graph reached)
-_OTHER_LEAVES: "weakref.WeakKeyDictionary[nn.Module, tuple[frozenset, list[Tensor]]]" = weakref.WeakKeyDictionary()
+#: per shared model: (ids of the excluded parameters and of all its parameters, the other leaves its
+#: graph reached)
+_OTHER_LEAVES: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, list[Tensor]]]" = weakref.WeakKeyDictionary()
 
 
-def backward_except(total: Tensor, exclude: Iterable[Tensor], shared=None) -> None:
+def backward_except(total: Tensor, exclude: Iterable[Tensor], shared=None, blocks: SharedBlocks | None = None) -> None:
     """``total.backward()`` into every leaf of its graph except ``exclude``.
 
     The leaves are found by walking the graph once per shared model (``shared``, a module) and
-    cached: a later graph of the same model reaches the same parameters (a leaf it does not reach
-    is skipped by autograd). With a parameter list as ``shared`` the graph is walked each call.
+    cached until the model's parameters or ``exclude`` change: a later graph of the same model
+    reaches the same parameters (one it does not reach is skipped by autograd). With a parameter
+    list as ``shared`` the graph is walked each call. Each walk also checks that the compact
+    tables of ``blocks`` are reached through their recorded lookups only.
     """
     excluded = frozenset(id(p) for p in exclude)
-    cached = _OTHER_LEAVES.get(shared) if isinstance(shared, nn.Module) else None
-    if cached is not None and cached[0] == excluded:
+
+    def walk() -> list[Tensor]:
+        parents: dict[int, set] = {}
+        leaves = graph_leaves(total, parents if blocks is not None else None)
+        if blocks is not None:
+            blocks.check_lookups(parents)
+        return [p for p in leaves if id(p) not in excluded]
+
+    if isinstance(shared, nn.Module):
+        key = (excluded, tuple(id(p) for p in shared.parameters()))
+        cached = _OTHER_LEAVES.get(shared)
+        if cached is None or cached[0] != key:
+            cached = _OTHER_LEAVES[shared] = (key, walk())
         rest = cached[1]
     else:
-        rest = [p for p in graph_leaves(total) if id(p) not in excluded]
-        if isinstance(shared, nn.Module):
-            _OTHER_LEAVES[shared] = (excluded, rest)
+        rest = walk()
     if rest:
         torch.autograd.backward(total, inputs=rest)
 
@@ -82,37 +98,45 @@ class Method(nn.Module):
 
     ``backward`` reads nothing back from the device: a task whose loss (or, for the gradient
     methods, whose gradient) holds NaN or Inf is flagged, and ``check_finite()`` raises
-    ``ValueError`` naming the flagged tasks since its last call. Call it before
+    ``ValueError`` naming the flagged tasks since its last call. Weighting methods look at the
+    losses only (one backward, no per-task gradient): a non-finite gradient of finite losses
+    reaches ``.grad`` unflagged. Call it before
     ``optimizer.step()`` (``mtlkernels.train.Trainer`` does, every step) or at your own
     synchronisation points; the ``.grad`` of a flagged step holds non-finite values.
     """
 
-    _nonfinite: Tensor | None = None
+    _nonfinite: Tensor | None = None  # [2, T] bool: row 0 the losses, row 1 the gradients
 
-    def _flag(self, bad: Tensor) -> None:
-        """ORs ``bad`` ``[T]`` (bool, on the device) into the flag."""
-        self._nonfinite = bad if self._nonfinite is None or self._nonfinite.shape != bad.shape \
-            else self._nonfinite | bad
+    def _flag(self, bad: Tensor, row: int) -> None:
+        """ORs ``bad`` ``[T]`` (bool, on the device) into row ``row`` of the flag."""
+        if self._nonfinite is None or self._nonfinite.shape[1] != bad.shape[0]:
+            self._nonfinite = torch.zeros(2, bad.shape[0], dtype=torch.bool, device=bad.device)
+        self._nonfinite[row] |= bad
 
     def _flag_losses(self, losses: Tensor) -> None:
-        self._flag(~torch.isfinite(losses.detach()))
+        self._flag(~torch.isfinite(losses.detach()), 0)
 
     def _flag_gram(self, G: Tensor) -> Tensor:
         """Flags the tasks whose gradient holds NaN or Inf (G's diagonal; ``[..., T, T]``, the
         leading dimensions per layer) and returns G with its non-finite entries zeroed, so that
         the solvers run (and stay on the device) whatever the flag says."""
         diagonal = torch.diagonal(G, dim1=-2, dim2=-1)
-        self._flag(~torch.isfinite(diagonal.reshape(-1, G.shape[-1])).all(0))
+        self._flag(~torch.isfinite(diagonal.reshape(-1, G.shape[-1])).all(0), 1)
         return torch.where(torch.isfinite(G), G, torch.zeros((), dtype=G.dtype, device=G.device))
 
     def check_finite(self, names: list[str] | None = None) -> None:
-        """Raises ``ValueError`` naming the tasks (their index, or ``names[t]``) flagged since the
-        last call; one host sync."""
+        """Raises ``ValueError`` naming the tasks (their index, or ``names[t]``) whose losses or
+        gradients were flagged since the last call; one host sync. (A NaN loss usually makes
+        every task's gradient NaN in a batched backward: the losses name the culprit.)"""
         flag, self._nonfinite = self._nonfinite, None
-        if flag is not None and bool(flag.any()):
-            tasks = flag.nonzero().flatten().tolist()
-            tasks = [names[t] for t in tasks] if names is not None else tasks
-            raise ValueError(f"task(s) {tasks} had NaN or Inf losses or gradients; do not apply this step")
+        if flag is None or not bool(flag.any()):
+            return
+        found = []
+        for row, what in enumerate(("losses", "gradients")):
+            tasks = flag[row].nonzero().flatten().tolist()
+            if tasks:
+                found.append(f"{what} of task(s) {[names[t] for t in tasks] if names is not None else tasks}")
+        raise ValueError(f"{' and '.join(found)} held NaN or Inf; do not apply this step")
 
 
 class GrowingBuffers:
@@ -194,5 +218,5 @@ class GramMethod(Method):
         blocks = SharedBlocks(losses, shared, params)
         w = self._solve(losses, blocks.blocks)
         blocks.apply(w)
-        backward_except((w * losses).sum(), blocks.leaves, shared)
+        backward_except((w * losses).sum(), blocks.leaves, shared, blocks)
         return w.detach()

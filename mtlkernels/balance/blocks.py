@@ -124,6 +124,15 @@ class SharedBlocks:
                 blocks[id(t.param)] = g
         self.blocks = [blocks[id(p)] for p in params]
 
+    def check_lookups(self, parents: dict[int, set]) -> None:
+        """Raises if a compact table's gradient is also fed by a graph node other than its
+        recorded lookups (``parents``: ``{id(leaf): nodes}`` of this step's graph)."""
+        for t in self.tables.values():
+            recorded = {lookup.output.grad_fn for lookup in t.lookups}
+            if not parents.get(id(t.param), set()) <= recorded:
+                raise ValueError("a FeatureEmbedding's table is also used outside its forward (tied weights?): its "
+                                 "gradient cannot be taken at the lookups; pass shared= a list of parameters instead")
+
     def apply(self, weights: Tensor) -> None:
         """``.grad += sum_t w_t block_t`` for every block; ``weights`` ``[T]``, or ``[K, T]`` with
         one row per block (per-layer weights)."""

@@ -91,5 +91,5 @@ class GradVac(GrowingBuffers, GramMethod):
         W = self.layer_weights(blocks.blocks).to(losses.dtype)
         blocks.apply(W)
         w = W.mean(0)
-        backward_except((w * losses).sum(), blocks.leaves, shared)
+        backward_except((w * losses).sum(), blocks.leaves, shared, blocks)
         return w.detach()

@@ -85,5 +85,5 @@ def test_errors():
         aggregate(PCGrad(), [])
     bad = J.clone()
     bad[1, 2] = float("nan")
-    with pytest.raises(ValueError, match=r"task\(s\) \[1\] had NaN or Inf"):
+    with pytest.raises(ValueError, match=r"^gradients of task\(s\) \[1\] held NaN or Inf"):
         aggregate(PCGrad(), bad)

@@ -185,3 +185,33 @@ def test_models_copy_and_pickle_without_their_records():
     clone = copy.deepcopy(model)
     assert clone.features.lookups.take() == []
     assert len(model.features.lookups.take()) == 1
+
+
+def test_a_table_used_outside_its_forward_is_refused():
+    model = make_model(bags=False)
+    batch = make_batch(model)
+    losses = losses_of(model, batch) + model.features.table.sum() * 1e-3  # tied somewhere else
+    with pytest.raises(ValueError, match="table is also used outside its forward"):
+        PCGrad().backward(losses, model)
+
+
+SYNC_FREE = {**METHODS, "ew": lambda: __import__("mtlkernels").balance.EW(),
+             "uw": lambda: __import__("mtlkernels").balance.UncertaintyWeighting(T).double(),
+             "dwa": lambda: __import__("mtlkernels").balance.DWA(T),
+             "rlw": lambda: __import__("mtlkernels").balance.RLW()}
+
+
+@pytest.mark.parametrize("name", sorted(SYNC_FREE))
+def test_method_backward_reads_nothing_back(name, monkeypatch):
+    """No bool(tensor), .item() or .tolist() inside method.backward (the forward's id checks
+    run before it): on a GPU each would wait for the device."""
+    model = make_model(bags=True)
+    method = SYNC_FREE[name]()
+    for _ in range(2):  # the first step creates state (targets, the leaves cache)
+        model.zero_grad(set_to_none=True)
+        losses = losses_of(model, make_batch(model))
+        with monkeypatch.context() as m:
+            for attr in ("__bool__", "item", "tolist", "__int__", "__float__"):
+                m.setattr(torch.Tensor, attr, lambda self, *a, _attr=attr: pytest.fail(f"Tensor.{_attr} called"))
+            method.backward(losses, model)
+        method.check_finite()

@@ -253,7 +253,7 @@ def test_non_finite_gradient_is_flagged_and_raised_by_check_finite(name):
     w = method.backward(losses, p.model)
     assert torch.isfinite(w).all()
     # the batched backward multiplies the other tasks' zero cotangents by inf: they are flagged too
-    with pytest.raises(ValueError, match=r"task\(s\) \[0(, 1)?\] had NaN or Inf losses or gradients"):
+    with pytest.raises(ValueError, match=r"^gradients of task\(s\) \[0(, 1)?\] held NaN or Inf"):
         method.check_finite()
     p.zero_grad()
     method.backward(p.losses(), p.model)
@@ -313,3 +313,24 @@ def test_aggregation_compiles_fullgraph():
     torch.testing.assert_close(w_compiled, w_eager)
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b)
+
+
+def test_the_graph_is_walked_once_per_model(monkeypatch):
+    """backward_except caches the leaves per model; a changed model is walked again."""
+    from mtlkernels.balance import base
+
+    walks = []
+    walk = base.graph_leaves
+    monkeypatch.setattr(base, "graph_leaves", lambda root, parents=None: walks.append(1) or walk(root, parents))
+    p = Problem(T=3, seed=21)
+    method = PCGrad(seed=0)
+    for _ in range(3):
+        p.zero_grad()
+        method.backward(p.losses(), p.model)
+    assert len(walks) == 1
+    heads = [q for q in p.model.parameters() if all(q is not s for s in p.shared())]
+    assert heads and all(q.grad is not None for q in heads)
+    p.model.towers.extra = torch.nn.Parameter(torch.zeros(()))  # the model changed: walked again
+    p.zero_grad()
+    method.backward(p.losses(), p.model)
+    assert len(walks) == 2

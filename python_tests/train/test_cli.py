@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from mtlkernels import cli
 from mtlkernels.data import recsys
@@ -183,3 +184,24 @@ def test_an_unusable_out_directory(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     one_line_error(capsys, ["train", "--out", str(blocker / "run")], "cannot create the run directory")
+
+
+@pytest.mark.parametrize("method", ["ew", "pcgrad"])
+def test_a_nan_loss_stops_the_run_with_one_line_and_exit_1(capsys, config, tmp_path, monkeypatch, method):
+    from mtlkernels.losses import MultiTaskLoss
+
+    calls = {"n": 0}
+    forward = MultiTaskLoss.__call__
+
+    def poisoned(self, *args, **kwargs):
+        losses = forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3 and losses.requires_grad:  # the third training step
+            losses = losses * torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0])[:losses.shape[0]]
+        return losses
+
+    monkeypatch.setattr(MultiTaskLoss, "__call__", poisoned)
+    code = cli.main(["train", *SMALL, "--config", config, "--method", method, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "epoch 1, step 3: losses of task(s) ['like']" in err and "held NaN or Inf" in err
