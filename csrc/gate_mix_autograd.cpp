@@ -4,8 +4,11 @@
 //
 // The backward recomputes the gate probabilities from the logits (the kernels' choice) and
 // calls mtlk::gate_mix_backward through the dispatcher, so torch.compile traces it through
-// its fake kernel and the batched per-task backward (is_grads_batched) runs it through its
-// vmap rule. Fake and vmap rules stay in Python (mtlkernels/ops/_gate_mix_rules.py).
+// its fake kernel. The batched per-task backward (is_grads_batched: the legacy vmap) hands the
+// kernel the physical [N, B, T, D] task gradients in one call instead, each row's gates and
+// experts computed and read once for the N tasks, where the batching fallback would call the
+// kernel once per task and stack the results. Fake and vmap (torch.func) rules stay in Python
+// (mtlkernels/ops/_gate_mix_rules.py).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
@@ -13,6 +16,8 @@
 
 #include <optional>
 #include <tuple>
+
+#include "legacy_batched.h"
 
 namespace mtlk {
 namespace {
@@ -62,6 +67,17 @@ class GateMixFunction : public torch::autograd::Function<GateMixFunction> {
     const at::Tensor& grad_out = grads[0];
     const at::Tensor& grad_probs = grads[1];
     if (!grad_out.defined() && !grad_probs.defined()) return out;
+    if (const auto level = task_batch_level(grads, saved)) {  // N tasks in one kernel call
+      const std::optional<at::Tensor> gp =
+          grad_probs.defined() ? std::optional<at::Tensor>(task_physical(grad_probs)) : std::nullopt;
+      const at::Tensor g = grad_out.defined() ? task_physical(grad_out)
+                                              : at::zeros({gp->size(0), experts.size(0), logits.size(1), experts.size(2)},
+                                                          experts.options());
+      auto [ge, gl] = call_backward(g, gp, experts, logits, mask);
+      out[0] = task_batched(ge, *level);
+      out[1] = task_batched(gl, *level);
+      return out;
+    }
     // an output without a gradient contributes nothing: the kernels take zeros for grad_out
     // and None for grad_probs
     const at::Tensor g = grad_out.defined()

@@ -5,6 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+#include <vector>
+
 namespace mtlk {
 
 inline void check_gate_mix_args(const at::Tensor& experts, const at::Tensor& logits,
@@ -35,23 +38,28 @@ inline void check_gate_mix_args(const at::Tensor& experts, const at::Tensor& log
   }
 }
 
+// grad_out is [B, T, D], or [N, B, T, D] for N task gradients at once (the per-task backward):
+// the outputs then gain the same leading N.
 inline void check_gate_mix_backward_args(const at::Tensor& grad_out,
                                          const std::optional<at::Tensor>& grad_probs,
                                          const at::Tensor& experts, const at::Tensor& logits,
                                          const std::optional<at::Tensor>& expert_mask) {
   check_gate_mix_args(experts, logits, expert_mask);
-  TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(0) == experts.size(0) &&
-                        grad_out.size(1) == logits.size(1) && grad_out.size(2) == experts.size(2),
-                    "gate_mix_backward: grad_out must be [B, T, D], got ", grad_out.sizes());
+  const int64_t lead = grad_out.dim() - 3;  // 1 with a task dimension
+  TORCH_CHECK_VALUE((lead == 0 || lead == 1) && grad_out.size(lead) == experts.size(0) &&
+                        grad_out.size(lead + 1) == logits.size(1) && grad_out.size(lead + 2) == experts.size(2),
+                    "gate_mix_backward: grad_out must be [B, T, D] or [N, B, T, D], got ", grad_out.sizes());
   TORCH_CHECK_TYPE(grad_out.scalar_type() == experts.scalar_type(),
                    "gate_mix_backward: grad_out dtype ", grad_out.scalar_type(),
                    " != experts dtype ", experts.scalar_type());
   TORCH_CHECK(grad_out.device() == experts.device(), "gate_mix_backward: grad_out on ",
               grad_out.device(), " but experts on ", experts.device());
   if (grad_probs.has_value()) {
-    TORCH_CHECK_VALUE(grad_probs->sizes() == logits.sizes(),
-                      "gate_mix_backward: grad_probs must have the shape of logits ",
-                      logits.sizes(), ", got ", grad_probs->sizes());
+    std::vector<int64_t> want(grad_out.sizes().begin(), grad_out.sizes().begin() + lead);
+    want.insert(want.end(), logits.sizes().begin(), logits.sizes().end());
+    TORCH_CHECK_VALUE(grad_probs->sizes() == at::IntArrayRef(want),
+                      "gate_mix_backward: grad_probs must have the shape of logits (with grad_out's leading N) ",
+                      at::IntArrayRef(want), ", got ", grad_probs->sizes());
     TORCH_CHECK_TYPE(grad_probs->scalar_type() == logits.scalar_type(),
                      "gate_mix_backward: grad_probs dtype ", grad_probs->scalar_type(),
                      " != logits dtype ", logits.scalar_type());

@@ -166,8 +166,16 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
   TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) == L && static_cast<int64_t>(activations.size()) == L,
                     "grouped_mlp_backward: need one grad and one activation per layer, got ", grads.size(), " and ",
                     activations.size(), " for ", L, " layers");
+  // N task gradients at once when the gradients carry a leading task dimension
+  std::optional<int64_t> tasks;
+  for (int64_t l = 0; l < L; ++l) {
+    const std::optional<at::Tensor> gl = grads[l];
+    if (gl.has_value() && !tasks) tasks = gl->dim() == 4 ? gl->size(0) : -1;
+  }
+  const bool task_dim = tasks.has_value() && *tasks >= 0;
+  const int64_t N = task_dim ? *tasks : 1;
   std::vector<at::Tensor> acts;
-  std::vector<std::optional<at::Tensor>> g_out(L);
+  std::vector<std::optional<at::Tensor>> g_out(L);  // [N, *activation shape]
   for (int64_t l = 0; l < L; ++l) {
     const std::vector<int64_t> shape =
         l + 1 < L ? std::vector<int64_t>{d.G, d.B, d.width[l + 1]} : std::vector<int64_t>{d.B, d.G, d.width[l + 1]};
@@ -176,36 +184,50 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     acts.push_back(unit_stride(activations[l]));
     const std::optional<at::Tensor> gl = grads[l];
     if (gl.has_value()) {
-      TORCH_CHECK_VALUE(gl->sizes() == at::IntArrayRef(shape), "grouped_mlp_backward: grads[", l, "] must be ",
-                        at::IntArrayRef(shape), ", got ", gl->sizes());
+      std::vector<int64_t> want(shape);
+      if (task_dim) want.insert(want.begin(), N);
+      TORCH_CHECK_VALUE(gl->sizes() == at::IntArrayRef(want), "grouped_mlp_backward: grads[", l, "] must be ",
+                        at::IntArrayRef(want), task_dim ? " (N task gradients)" : "", ", got ", gl->sizes());
       TORCH_CHECK_TYPE(gl->scalar_type() == x.scalar_type(), "grouped_mlp_backward: grads[", l, "] dtype ",
                        gl->scalar_type(), " != x dtype ", x.scalar_type());
-      g_out[l] = unit_stride(*gl);
+      g_out[l] = task_dim ? unit_stride(*gl) : unit_stride(*gl).unsqueeze(0);
     }
   }
-  if (cpu::small_groups(x, weights, shared_input)) {
+  if (!task_dim && cpu::small_groups(x, weights, shared_input)) {
+    for (auto& g : g_out) {
+      if (g.has_value()) g = g->squeeze(0);
+    }
     return cpu::grouped_mlp_small_backward(g_out, x, weights, acts, relu, input_grad);
   }
-  // g_out as [G, B, w] views
-  auto g_out_gm = [&](int64_t l) { return l + 1 == L ? swap_bg(*g_out[l]) : *g_out[l]; };
+  // task k's g_out as a [G, B, w] view
+  auto g_out_gm = [&](int64_t l, int64_t k) { return l + 1 == L ? swap_bg((*g_out[l])[k]) : (*g_out[l])[k]; };
   std::vector<at::Tensor> grad_w, grad_b;
   for (int64_t l = 0; l < L; ++l) {
-    grad_w.push_back(at::empty(weights[l].sizes(), x.options()));
-    grad_b.push_back(at::empty({d.G, d.width[l + 1]}, x.options()));
+    std::vector<int64_t> shape(weights[l].sizes().begin(), weights[l].sizes().end());
+    shape.insert(shape.begin(), N);
+    grad_w.push_back(at::empty(shape, x.options()));
+    grad_b.push_back(at::empty({N, d.G, d.width[l + 1]}, x.options()));
   }
-  at::Tensor grad_x = shared_input ? at::empty({input_grad ? d.B : 0, d.width[0]}, x.options())
-                                   : at::empty({input_grad ? d.B : 0, d.G, d.width[0]}, x.options());
-  // Gradient of a layer's pre-activation output, [G, B, w]; stored [B, G, w] (a swapped view)
-  // for a shared-input first layer, whose weight gradient is one [in, B] @ [B, G*w] product.
+  std::vector<int64_t> x_shape(x.sizes().begin(), x.sizes().end());
+  x_shape[0] = input_grad ? d.B : 0;
+  x_shape.insert(x_shape.begin(), N);
+  at::Tensor grad_x = at::empty(x_shape, x.options());
+  // Gradients of a layer's pre-activation output, [G, N, B, w] (one product over the groups
+  // serves all tasks: rows (task, batch row)); task k's is the [G, B, w] slice [:, k]. For a
+  // shared-input first layer, whose weight gradient is one [in, B] @ [B, G*w] product per task,
+  // they are stored [N, B, G, w] (a permuted view).
   auto new_pre_grad = [&](int64_t l) {
-    return l == 0 && shared_input ? swap_bg(at::empty({d.B, d.G, d.width[1]}, x.options()))
-                                  : at::empty({d.G, d.B, d.width[l + 1]}, x.options());
+    return l == 0 && shared_input ? at::empty({N, d.B, d.G, d.width[1]}, x.options()).permute({2, 0, 1, 3})
+                                  : at::empty({d.G, N, d.B, d.width[l + 1]}, x.options());
   };
+  auto task = [](const at::Tensor& g, int64_t k) { return g.select(1, k); };  // [G, B, w]
 
   // top layer: the incoming gradient, masked by its ReLU, plus its bias gradient, in one pass
   at::Tensor gy = new_pre_grad(L - 1);
   if (g_out[L - 1].has_value()) {
-    relu_grad_(gy, g_out_gm(L - 1), std::nullopt, act_gm(acts, L - 1), relu[L - 1], grad_b[L - 1]);
+    for (int64_t k = 0; k < N; ++k) {
+      relu_grad_(task(gy, k), g_out_gm(L - 1, k), std::nullopt, act_gm(acts, L - 1), relu[L - 1], grad_b[L - 1][k]);
+    }
   } else {
     gy.zero_();
     grad_b[L - 1].zero_();
@@ -214,38 +236,41 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     const at::Tensor w = unit_stride(weights[l]);
     if (l == 0 && shared_input) {
       const int64_t n = d.G * d.width[1];
-      const at::Tensor gy_flat = swap_bg(gy).reshape({d.B, n});  // a view: stored [B, G, w]
-      at::Tensor gw = grad_w[0].view({d.width[0], n});
-      matmul_out(gw, x.t(), gy_flat);
-      if (input_grad) matmul_out(grad_x, gy_flat, w.reshape({d.width[0], n}).t());
+      const at::Tensor gy_rows = gy.permute({1, 2, 0, 3});  // [N, B, G, w], its storage order
+      for (int64_t k = 0; k < N; ++k) {
+        at::Tensor gw = grad_w[0][k].view({d.width[0], n});
+        matmul_out(gw, x.t(), gy_rows[k].reshape({d.B, n}));
+      }
+      if (input_grad) {
+        at::Tensor gx = grad_x.view({N * d.B, d.width[0]});
+        matmul_out(gx, gy_rows.reshape({N * d.B, n}), w.reshape({d.width[0], n}).t());
+      }
       break;
     }
     const at::Tensor in = input_gm(x, acts, l);
-    // the input's gradient: the next gy (layer l - 1's pre-activation gradient, with its ReLU
-    // mask, its own output gradient and its bias gradient fused in), or grad_x
-    at::Tensor g_in;
-    if (l > 0) {
-      g_in = new_pre_grad(l - 1);
-    } else if (input_grad) {
-      g_in = swap_bg(grad_x);
+    for (int64_t k = 0; k < N; ++k) matmul_out(grad_w[l][k], in.transpose(1, 2), task(gy, k));
+    if (l == 0 && !input_grad) break;
+    // the input's gradient for all tasks at once: [G, N*B, w] @ [G, w, in]
+    const at::Tensor g_pre = product(gy.view({d.G, N * d.B, d.width[l + 1]}), w.transpose(1, 2))
+                                 .view({d.G, N, d.B, d.width[l]});
+    if (l == 0) {  // grad_x [N, B, G, in]
+      grad_x.copy_(g_pre.permute({1, 2, 0, 3}));
+      break;
     }
-    matmul_out(grad_w[l], in.transpose(1, 2), gy);
-    if (l > 0) {  // g_in is [G, B, in] contiguous unless it feeds a shared-input first layer
-      at::Tensor g_pre;
-      if (g_in.is_contiguous()) {
-        matmul_out(g_in, gy, w.transpose(1, 2));
-        g_pre = g_in;
-      } else {
-        g_pre = product(gy, w.transpose(1, 2));
-      }
+    // layer l - 1's pre-activation gradient: its ReLU mask, its own output gradient and its bias
+    // gradient fused in, in place unless it feeds a shared-input first layer
+    const at::Tensor g_in = l == 1 && shared_input ? new_pre_grad(0) : g_pre;
+    for (int64_t k = 0; k < N; ++k) {
       const std::optional<at::Tensor> extra =
-          g_out[l - 1].has_value() ? std::optional<at::Tensor>(g_out_gm(l - 1)) : std::nullopt;
-      relu_grad_(g_in, g_pre, extra, act_gm(acts, l - 1), relu[l - 1], grad_b[l - 1]);
-    } else if (input_grad) {
-      g_in.copy_(product(gy, w.transpose(1, 2)));
+          g_out[l - 1].has_value() ? std::optional<at::Tensor>(g_out_gm(l - 1, k)) : std::nullopt;
+      relu_grad_(task(g_in, k), task(g_pre, k), extra, act_gm(acts, l - 1), relu[l - 1], grad_b[l - 1][k]);
     }
-    if (l == 0) break;
     gy = g_in;
+  }
+  if (!task_dim) {
+    grad_x = grad_x.squeeze(0);
+    for (auto& g : grad_w) g = g.squeeze(0);
+    for (auto& g : grad_b) g = g.squeeze(0);
   }
   return {grad_x, grad_w, grad_b};
 }

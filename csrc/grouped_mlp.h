@@ -26,8 +26,11 @@ using OptionalTensorList = c10::List<std::optional<at::Tensor>>;
 std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
                                     const c10::List<bool>& relu, bool shared_input);
 
-// grads[l] = gradient of activations[l] (None where that output was not used). Returns
-// (grad_x, or a [0, ...] tensor when !input_grad; grad weights; grad biases).
+// grads[l] = gradient of activations[l] (None where that output was not used), or N task
+// gradients at once, [N, *activations[l].shape] (the per-task backward: every product over
+// the groups and every fused epilogue reads the activations for all N tasks). Returns
+// (grad_x, or a [0, ...] tensor when !input_grad; grad weights; grad biases), each with the
+// leading N when the gradients have it.
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped_mlp_backward(
     const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
     at::TensorList activations, const c10::List<bool>& relu, bool shared_input, bool input_grad);

@@ -6,8 +6,9 @@
 // traces it through its fake kernel). Under the legacy vmap of
 // torch.autograd.grad(..., is_grads_batched=True) (per-task gradients in mtlkernels.balance)
 // the incoming gradients are batched tensors, which cannot be looped through an op with
-// tensor-list arguments; the same products are then written with matmul, which batches.
-#include <ATen/LegacyBatchedTensorImpl.h>
+// tensor-list arguments: the backward op is called once with the physical [N, ...] task
+// gradients instead (its fused epilogues and group products serve all N tasks). Nested vmaps
+// fall back to matmul on the batched tensors, which batches op by op.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/gt.h>
@@ -18,6 +19,7 @@
 #include <torch/library.h>
 
 #include "grouped_mlp.h"
+#include "legacy_batched.h"
 
 namespace mtlk {
 namespace {
@@ -119,7 +121,17 @@ class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> 
     const bool input_grad = ctx->needs_input_grad(0);
     at::Tensor grad_x;
     std::vector<at::Tensor> grad_w(L), grad_b(L);
-    if (batched) {
+    const std::optional<int64_t> level = batched ? task_batch_level(grads, saved) : std::nullopt;
+    if (level) {  // N task gradients: one call of the fused backward on the physical tensors
+      OptionalTensorList g_opt;
+      for (const auto& g : grads) g_opt.push_back(g.defined() ? std::optional<at::Tensor>(task_physical(g)) : std::nullopt);
+      std::tie(grad_x, grad_w, grad_b) = call_backward(g_opt, x, weights, biases, acts, relu, shared_input, input_grad);
+      if (input_grad) grad_x = task_batched(grad_x, *level);
+      for (int64_t l = 0; l < L; ++l) {
+        grad_w[l] = task_batched(grad_w[l], *level);
+        grad_b[l] = task_batched(grad_b[l], *level);
+      }
+    } else if (batched) {
       batchable_backward(grads, x, weights, acts, relu, shared_input, input_grad, grad_x, grad_w, grad_b);
     } else {
       OptionalTensorList g_opt;

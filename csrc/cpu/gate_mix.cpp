@@ -256,34 +256,41 @@ void forward_rows(const scalar_t* E, int64_t sb, int64_t sx, const scalar_t* L, 
   bad.raise_if_any(L, M, T, X, "gate_mix");
 }
 
-// Backward over all batch rows of one dtype (contiguous pointers; GP may be null).
+// Backward over all batch rows of one dtype, for N task gradients (contiguous pointers; G is
+// [N, B, T, D], GP [N, B, T, X] or null, dE [N, B, X, D], dL [N, B, T, X]). Each row's gates and
+// experts are computed and loaded once, then used for the N tasks.
 template <typename scalar_t>
 void backward_rows(const scalar_t* G, const scalar_t* GP, const scalar_t* E, int64_t sb, int64_t sx,
-                   const scalar_t* L, const bool* M, scalar_t* dE, scalar_t* dL, int64_t B, int64_t T,
+                   const scalar_t* L, const bool* M, scalar_t* dE, scalar_t* dL, int64_t N, int64_t B, int64_t T,
                    int64_t X, int64_t D) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
   BadRow bad;
-  at::parallel_for(0, B, grain_rows(T, X, D), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, B, std::max<int64_t>(1, grain_rows(T, X, D) / N), [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> p(T * X), dp(T * X), gp(GP ? X : 0);
     std::vector<acc_t> ebuf(widen ? X * D : 0), gbuf(widen ? T * D : 0), debuf(widen ? X * D : 0);
     for (int64_t b = b0; b < b1; ++b) {
       if (!softmax_rows(L + b * T * X, M, b, T, X, p.data(), bad)) continue;
       if constexpr (widen) {
         for (int64_t x = 0; x < X; ++x) convert(E + b * sb + x * sx, ebuf.data() + x * D, D);
-        convert(G + b * T * D, gbuf.data(), T * D);
-        mix_row_backward(ebuf.data(), D, p.data(), gbuf.data(), debuf.data(), dp.data(), T, X, D);
-        convert(debuf.data(), dE + b * X * D, X * D);
-      } else {
-        mix_row_backward(E + b * sb, sx, p.data(), G + b * T * D, dE + b * X * D, dp.data(), T, X, D);
       }
-      for (int64_t t = 0; t < T; ++t) {
-        const acc_t* gpt = nullptr;
-        if (GP != nullptr) {
-          convert(GP + (b * T + t) * X, gp.data(), X);
-          gpt = gp.data();
+      for (int64_t k = 0; k < N; ++k) {
+        const int64_t row = k * B + b;  // (task, batch row)
+        if constexpr (widen) {
+          convert(G + row * T * D, gbuf.data(), T * D);
+          mix_row_backward(ebuf.data(), D, p.data(), gbuf.data(), debuf.data(), dp.data(), T, X, D);
+          convert(debuf.data(), dE + row * X * D, X * D);
+        } else {
+          mix_row_backward(E + b * sb, sx, p.data(), G + row * T * D, dE + row * X * D, dp.data(), T, X, D);
         }
-        softmax_backward_row(&p[t * X], &dp[t * X], gpt, X, dL + (b * T + t) * X);
+        for (int64_t t = 0; t < T; ++t) {
+          const acc_t* gpt = nullptr;
+          if (GP != nullptr) {
+            convert(GP + (row * T + t) * X, gp.data(), X);
+            gpt = gp.data();
+          }
+          softmax_backward_row(&p[t * X], &dp[t * X], gpt, X, dL + (row * T + t) * X);
+        }
       }
     }
     store_fence();
@@ -328,9 +335,11 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_backward_cpu(
   const at::Tensor mask = expert_mask.has_value() ? expert_mask->contiguous() : at::Tensor();
   const int64_t B = experts.size(0), X = experts.size(1), D = experts.size(2);
   const int64_t T = logits.size(1);
-  at::Tensor grad_experts = at::empty({B, X, D}, experts.options());
-  at::Tensor grad_logits = at::empty({B, T, X}, logits.options());
-  if (B == 0) return {grad_experts, grad_logits};
+  const bool tasks = grad_out.dim() == 4;  // N task gradients at once
+  const int64_t N = tasks ? grad_out.size(0) : 1;
+  at::Tensor grad_experts = tasks ? at::empty({N, B, X, D}, experts.options()) : at::empty({B, X, D}, experts.options());
+  at::Tensor grad_logits = tasks ? at::empty({N, B, T, X}, logits.options()) : at::empty({B, T, X}, logits.options());
+  if (B == 0 || N == 0) return {grad_experts, grad_logits};
   if (T == 0) return {grad_experts.zero_(), grad_logits};
   TORCH_CHECK_VALUE(X > 0, "gate_mix_backward: experts has X = 0 experts to mix");
 
@@ -341,7 +350,7 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_backward_cpu(
                             logits.const_data_ptr<scalar_t>(),
                             mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
                             grad_experts.mutable_data_ptr<scalar_t>(),
-                            grad_logits.mutable_data_ptr<scalar_t>(), B, T, X, D);
+                            grad_logits.mutable_data_ptr<scalar_t>(), N, B, T, X, D);
   });
   return {grad_experts, grad_logits};
 }

@@ -159,22 +159,27 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_backward_cuda(
   const at::Tensor logits = logits_in.contiguous();
   const at::Tensor mask = expert_mask.has_value() ? expert_mask->contiguous() : at::Tensor();
   const int64_t B = experts.size(0), X = experts.size(1), D = experts.size(2), T = logits.size(1);
-  at::Tensor grad_experts = at::empty({B, X, D}, experts.options());
-  at::Tensor grad_logits = at::empty({B, T, X}, logits.options());
-  if (B == 0) return {grad_experts, grad_logits};
+  const bool tasks = grad_out.dim() == 4;  // N task gradients at once: one launch per task
+  const int64_t N = tasks ? grad_out.size(0) : 1;
+  at::Tensor grad_experts = tasks ? at::empty({N, B, X, D}, experts.options()) : at::empty({B, X, D}, experts.options());
+  at::Tensor grad_logits = tasks ? at::empty({N, B, T, X}, logits.options()) : at::empty({B, T, X}, logits.options());
+  if (B == 0 || N == 0) return {grad_experts, grad_logits};
   if (T == 0) return {grad_experts.zero_(), grad_logits};
   TORCH_CHECK_VALUE(X > 0, "gate_mix_backward: experts has X = 0 experts to mix");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, experts.scalar_type(), "gate_mix_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const size_t smem = checked_smem(sizeof(acc_t) * T * X * (grad_probs.defined() ? 3 : 2));
-    gate_mix_backward_kernel<scalar_t, acc_t>
-        <<<static_cast<unsigned>(B), kBackwardThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-            grad_out.const_data_ptr<scalar_t>(),
-            grad_probs.defined() ? grad_probs.const_data_ptr<scalar_t>() : nullptr,
-            experts.const_data_ptr<scalar_t>(), logits.const_data_ptr<scalar_t>(),
-            mask.defined() ? mask.const_data_ptr<bool>() : nullptr, grad_experts.mutable_data_ptr<scalar_t>(),
-            grad_logits.mutable_data_ptr<scalar_t>(), T, X, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    for (int64_t k = 0; k < N; ++k) {
+      gate_mix_backward_kernel<scalar_t, acc_t>
+          <<<static_cast<unsigned>(B), kBackwardThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+              grad_out.const_data_ptr<scalar_t>() + k * B * T * D,
+              grad_probs.defined() ? grad_probs.const_data_ptr<scalar_t>() + k * B * T * X : nullptr,
+              experts.const_data_ptr<scalar_t>(), logits.const_data_ptr<scalar_t>(),
+              mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
+              grad_experts.mutable_data_ptr<scalar_t>() + k * B * X * D,
+              grad_logits.mutable_data_ptr<scalar_t>() + k * B * T * X, T, X, D);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return {grad_experts, grad_logits};
 }

@@ -8,7 +8,9 @@ latter: the compiled op's autograd is C++ (``csrc/gate_mix_autograd.cpp``).
 Schemas:
     forward(experts [B,X,D], logits [B,T,X], expert_mask [T,X]?, return_probs) -> (out [B,T,D], probs)
     backward(grad_out [B,T,D], grad_probs [B,T,X]?, experts, logits, expert_mask?) -> (grad_experts, grad_logits)
-where probs is ``[B,T,X]`` when return_probs else ``[0,T,X]``.
+where probs is ``[B,T,X]`` when return_probs else ``[0,T,X]``. The compiled backward also takes
+N task gradients at once, ``grad_out [N,B,T,D]`` (and ``grad_probs [N,B,T,X]``), giving
+``[N,B,X,D]`` and ``[N,B,T,X]``: each row's gates and experts read once for the N tasks.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ def _fake_forward(experts, logits, expert_mask, return_probs):
 
 
 def _fake_backward(grad_out, grad_probs, experts, logits, expert_mask):
-    return torch.empty_like(experts, memory_format=torch.contiguous_format), torch.empty_like(
-        logits, memory_format=torch.contiguous_format)
+    lead = tuple(grad_out.shape[:-3])  # (N,) with N task gradients at once
+    return experts.new_empty(*lead, *experts.shape), logits.new_empty(*lead, *logits.shape)
 
 
 def _batch_first(t, dim, n):
@@ -93,12 +95,18 @@ def _forward_vmap(fwd_name, forward):
 
 
 def _backward_vmap(bwd_name, backward):
+    takes_tasks = bwd_name == "mtlk::gate_mix_backward"  # the compiled op takes [N, B, T, D] grads
+
     def backward_vmap(info, in_dims, grad_out, grad_probs, experts, logits, expert_mask):
         g_dim, gp_dim, e_dim, l_dim, m_dim = in_dims
         _check_mask_unbatched(bwd_name, m_dim)
         n = info.batch_size
         grad_out = _batch_first(grad_out, g_dim, n)
         grad_probs = _batch_first(grad_probs, gp_dim, n)
+        if takes_tasks and e_dim is None and l_dim is None:  # task gradients: experts and logits read once
+            ge, gl = backward(grad_out.contiguous(), None if grad_probs is None else grad_probs.contiguous(),
+                              experts, logits, expert_mask)
+            return (ge, gl), (0, 0)
         experts, logits = _batch_first(experts, e_dim, n), _batch_first(logits, l_dim, n)
         B = experts.shape[1]
         ge, gl = backward(_fold(grad_out), _fold(grad_probs), _fold(experts), _fold(logits), expert_mask)

@@ -72,9 +72,10 @@ if _extension.native_available():
 
     @torch.library.register_fake("mtlk::grouped_mlp_backward")
     def _fake_backward(grads, x, weights, biases, activations, relu, shared_input, input_grad):
-        grad_x = x.new_empty(x.shape if input_grad else (0, *x.shape[1:]))
-        return (grad_x, [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights],
-                [torch.empty_like(b, memory_format=torch.contiguous_format) for b in biases])
+        given = [g for g in grads if g is not None]
+        lead = tuple(given[0].shape[:1]) if given and given[0].dim() == 4 else ()  # (N,): N task gradients
+        grad_x = x.new_empty(*lead, *(x.shape if input_grad else (0, *x.shape[1:])))
+        return (grad_x, [w.new_empty(*lead, *w.shape) for w in weights], [b.new_empty(*lead, *b.shape) for b in biases])
 
     def _unbatched(value, dim, n):
         """``value`` (a tensor, None, or a list of them) split into n slices along its vmap dim."""

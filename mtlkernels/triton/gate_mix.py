@@ -133,7 +133,8 @@ def gate_mix_triton(experts: Tensor, logits: Tensor, expert_mask: Tensor | None,
 @torch.library.custom_op("mtlk::gate_mix_triton_backward", mutates_args=())
 def gate_mix_triton_backward(grad_out: Tensor, grad_probs: Tensor | None, experts: Tensor, logits: Tensor,
                              expert_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Same schema and contract as ``mtlk::gate_mix_backward``."""
+    """The schema and contract of ``mtlk::gate_mix_backward`` for one task gradient (``grad_out``
+    ``[B, T, D]``; the compiled op also takes ``[N, B, T, D]``)."""
     B, X, D = experts.shape
     T = logits.shape[1]
     grad_experts = experts.new_empty(B, X, D)

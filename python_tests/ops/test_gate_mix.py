@@ -266,3 +266,39 @@ def test_functorch_grad_is_refused_clearly():
     experts, logits = torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(3, 2, 4, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="functorch"):
         torch.func.grad(lambda e: gate_mix(e, logits, backend="native").sum())(experts)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+@pytest.mark.parametrize("with_probs", [False, True], ids=["out-grad", "probs-grad"])
+def test_backward_of_n_task_gradients_equals_one_call_per_task(dtype, masked, with_probs):
+    experts, logits, mask = make_inputs(6, 5, 3, 7, dtype=dtype, mask=masked)
+    N = 4
+    g = torch.randn(N, 6, 3, 7, dtype=dtype)
+    gp = torch.randn(N, 6, 3, 5, dtype=dtype) if with_probs else None
+    ge, gl = torch.ops.mtlk.gate_mix_backward(g, gp, experts, logits, mask)
+    assert ge.shape == (N, 6, 5, 7) and gl.shape == (N, 6, 3, 5)
+    for k in range(N):
+        e1, l1 = torch.ops.mtlk.gate_mix_backward(g[k], None if gp is None else gp[k], experts, logits, mask)
+        torch.testing.assert_close(ge[k], e1, rtol=0, atol=0)
+        torch.testing.assert_close(gl[k], l1, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.mtlk.gate_mix_backward.default, (g, gp, experts, logits, mask))
+    with pytest.raises(ValueError, match=r"grad_probs must have the shape of logits \(with grad_out's leading N\)"):
+        torch.ops.mtlk.gate_mix_backward(g, torch.randn(2, 6, 3, 5, dtype=dtype), experts, logits, mask)
+    with pytest.raises(ValueError, match=r"grad_out must be \[B, T, D\] or \[N, B, T, D\]"):
+        torch.ops.mtlk.gate_mix_backward(g[None], None, experts, logits, mask)
+
+
+@needs_native
+def test_vmap_of_the_backward_over_task_gradients_reads_the_experts_once():
+    """torch.func.vmap over grad_out only: the rule passes the [N, B, T, D] gradients in one
+    call (no copies of experts and logits); equal to per-task calls."""
+    experts, logits, mask = make_inputs(5, 4, 3, 6, dtype=torch.float64, mask=True)
+    g = torch.randn(3, 5, 3, 6, dtype=torch.float64)
+    f = torch.func.vmap(lambda gi: torch.ops.mtlk.gate_mix_backward(gi, None, experts, logits, mask))
+    ge, gl = f(g)
+    for k in range(3):
+        e1, l1 = torch.ops.mtlk.gate_mix_backward(g[k], None, experts, logits, mask)
+        torch.testing.assert_close(ge[k], e1)
+        torch.testing.assert_close(gl[k], l1)

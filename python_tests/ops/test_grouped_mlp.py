@@ -328,3 +328,59 @@ def test_functorch_grad_is_refused_clearly():
     x, weights, biases = make(*SMALL, 1, True, torch.float64)
     with pytest.raises(RuntimeError, match="functorch"):
         torch.func.grad(lambda w: grouped_mlp(x, [w], biases, [True], shared_input=True).sum())(weights[0])
+
+
+TASK_CASES = [(SMALL, 2, True), (SMALL, 3, False), (LARGE, 3, True), ((9, 4, [6, 5, 3]), 2, False),
+              ((0, 3, [5, 4, 2]), 2, True), ((5, 2, [300, 4]), 1, False), ((5, 2, [7, 3]), 1, True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("input_grad", [True, False], ids=["input-grad", "no-input-grad"])
+@pytest.mark.parametrize("intermediate", [False, True], ids=["output-grad", "every-grad"])
+@pytest.mark.parametrize("case", range(len(TASK_CASES)))
+def test_backward_of_n_task_gradients_equals_one_call_per_task(case, intermediate, input_grad, dtype):
+    """The backward op with [N, ...] gradients (the per-task backward's one call) against N
+    calls with [...] gradients, the small-group path included (one call per task takes it)."""
+    (B, G, widths), L, shared = TASK_CASES[case]
+    x, weights, biases = make(B, G, widths, L, shared, dtype)
+    relu = [l % 2 == 0 for l in range(L)]
+    acts = torch.ops.mtlk.grouped_mlp(x, weights, biases, relu, shared)
+    N = 3
+    grads = [torch.randn(N, *a.shape, dtype=dtype) if intermediate or l == L - 1 else None
+             for l, a in enumerate(acts)]
+    gx, gw, gb = torch.ops.mtlk.grouped_mlp_backward(grads, x, weights, biases, acts, relu, shared, input_grad)
+    assert gx.shape == (N, *(x.shape if input_grad else (0, *x.shape[1:])))
+    for k in range(N):
+        ex, ew, eb = torch.ops.mtlk.grouped_mlp_backward([None if g is None else g[k] for g in grads], x, weights,
+                                                         biases, acts, relu, shared, input_grad)
+        torch.testing.assert_close(gx[k], ex, **TOL[dtype])
+        for a, e in zip(gw + gb, ew + eb):
+            torch.testing.assert_close(a[k], e, **TOL[dtype])
+
+
+def test_n_task_gradients_opcheck_and_errors():
+    x, weights, biases = make(*SMALL, 2, True, torch.float64)
+    acts = torch.ops.mtlk.grouped_mlp(x, weights, biases, [True, False], True)
+    grads = [torch.randn(2, *acts[0].shape, dtype=torch.float64), torch.randn(2, *acts[1].shape, dtype=torch.float64)]
+    torch.library.opcheck(torch.ops.mtlk.grouped_mlp_backward.default,
+                          (grads, x, weights, biases, acts, [True, False], True, True))
+    bad = [grads[0], torch.randn(3, *acts[1].shape, dtype=torch.float64)]
+    with pytest.raises(ValueError, match=r"grads\[1\] must be \[2, 7, 3, 6\] \(N task gradients\), got \[3, 7, 3, 6\]"):
+        torch.ops.mtlk.grouped_mlp_backward(bad, x, weights, biases, acts, [True, False], True, True)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-group"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_batched_per_task_backward_every_input(shared, dtype):
+    """is_grads_batched through a 3-layer stack into x, weights and biases: equal to one
+    backward per task (bfloat16 as autocast runs it)."""
+    x, weights, biases = make(9, 4, [6, 5, 4, 3], 3, shared, dtype)
+    x, w, b = leaves(x)[0], leaves(*weights), leaves(*biases)
+    out = grouped_mlp(x, w, b, [True, True, False], shared_input=shared)
+    cot = torch.randn(4, *out.shape, dtype=dtype)
+    batched = torch.autograd.grad(out, [x, *w, *b], cot, is_grads_batched=True, retain_graph=True)
+    tol = TOL.get(dtype, dict(rtol=2e-2, atol=2e-2))
+    for t in range(4):
+        single = torch.autograd.grad(out, [x, *w, *b], cot[t], retain_graph=True)
+        for a, s in zip(batched, single):
+            torch.testing.assert_close(a[t], s, **tol)
