@@ -12,6 +12,7 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/threshold_backward.h>
 #include <c10/util/Exception.h>
@@ -193,11 +194,28 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
       g_out[l] = task_dim ? unit_stride(*gl) : unit_stride(*gl).unsqueeze(0);
     }
   }
-  if (!task_dim && cpu::small_groups(x, weights, shared_input)) {
-    for (auto& g : g_out) {
-      if (g.has_value()) g = g->squeeze(0);
+  if (N > 0 && cpu::small_groups(x, weights, shared_input)) {  // the whole small stack per (row, group), per task
+    std::vector<at::Tensor> gx;
+    std::vector<std::vector<at::Tensor>> gw(L), gb(L);
+    for (int64_t k = 0; k < N; ++k) {
+      std::vector<std::optional<at::Tensor>> g_k(L);
+      for (int64_t l = 0; l < L; ++l) {
+        if (g_out[l].has_value()) g_k[l] = (*g_out[l])[k];
+      }
+      auto [x_k, w_k, b_k] = cpu::grouped_mlp_small_backward(g_k, x, weights, acts, relu, input_grad);
+      if (!task_dim) return {x_k, w_k, b_k};
+      gx.push_back(x_k);
+      for (int64_t l = 0; l < L; ++l) {
+        gw[l].push_back(w_k[l]);
+        gb[l].push_back(b_k[l]);
+      }
     }
-    return cpu::grouped_mlp_small_backward(g_out, x, weights, acts, relu, input_grad);
+    std::vector<at::Tensor> grad_w, grad_b;
+    for (int64_t l = 0; l < L; ++l) {
+      grad_w.push_back(at::stack(gw[l]));
+      grad_b.push_back(at::stack(gb[l]));
+    }
+    return {at::stack(gx), grad_w, grad_b};
   }
   // task k's g_out as a [G, B, w] view
   auto g_out_gm = [&](int64_t l, int64_t k) { return l + 1 == L ? swap_bg((*g_out[l])[k]) : (*g_out[l])[k]; };

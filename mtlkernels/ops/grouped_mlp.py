@@ -77,30 +77,26 @@ if _extension.native_available():
         grad_x = x.new_empty(*lead, *(x.shape if input_grad else (0, *x.shape[1:])))
         return (grad_x, [w.new_empty(*lead, *w.shape) for w in weights], [b.new_empty(*lead, *b.shape) for b in biases])
 
-    def _unbatched(value, dim, n):
-        """``value`` (a tensor, None, or a list of them) split into n slices along its vmap dim."""
-        if isinstance(value, (list, tuple)):
-            dims = dim if isinstance(dim, (list, tuple)) else [dim] * len(value)
-            per = [_unbatched(v, d, n) for v, d in zip(value, dims)]
-            return [[p[i] for p in per] for i in range(n)]
-        if value is None or dim is None:
-            return [value] * n
-        return list(value.movedim(dim, 0).unbind(0))
+    def _forward_vmap(info, in_dims, x, weights, biases, relu, shared_input):
+        """vmap rule of the forward: over x alone, the vmapped rows join the batch (one op call);
+        over weights or biases, the reference's einsums with the vmap dim leading. No loop over it."""
+        x_dim, w_dims, b_dims = in_dims[:3]
+        w_dims = w_dims if isinstance(w_dims, (list, tuple)) else [w_dims] * len(weights)
+        b_dims = b_dims if isinstance(b_dims, (list, tuple)) else [b_dims] * len(biases)
+        n = info.batch_size
+        if all(d is None for d in (*w_dims, *b_dims)):  # then x is the batched one
+            x = x.movedim(x_dim, 0)
+            B = x.shape[1]
+            acts = torch.ops.mtlk.grouped_mlp(x.flatten(0, 1), weights, biases, relu, shared_input)
+            out = [a.unflatten(1, (n, B)).movedim(1, 0) for a in acts[:-1]] + [acts[-1].unflatten(0, (n, B))]
+        else:
+            def first(t, d):
+                return t.movedim(d, 0) if d is not None else t.expand(n, *t.shape)
+            out = reference_grouped_mlp(first(x, x_dim), [first(w, d) for w, d in zip(weights, w_dims)],
+                                        [first(b, d) for b, d in zip(biases, b_dims)], relu, shared_input)
+        return list(out), [0] * len(out)
 
-    def _stack(results):
-        """n forward results (lists of activations) stacked along a new dim 0, with out_dims."""
-        first = results[0]
-        return [torch.stack([r[k] for r in results]) for k in range(len(first))], [0] * len(first)
-
-    def _loop_vmap(op):
-        """vmap rule: one op call per batch entry, outputs stacked along dim 0."""
-        def rule(info, in_dims, *args):
-            n = info.batch_size
-            per_arg = [_unbatched(a, d, n) for a, d in zip(args, in_dims)]
-            return _stack([op(*(p[i] for p in per_arg)) for i in range(n)])
-        return rule
-
-    torch.library.register_vmap("mtlk::grouped_mlp", _loop_vmap(torch.ops.mtlk.grouped_mlp.default))
+    torch.library.register_vmap("mtlk::grouped_mlp", _forward_vmap)
 
 
 def _zero_bias(x: Tensor, w: Tensor, l: int, shared_input: bool) -> Tensor:

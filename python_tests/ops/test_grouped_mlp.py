@@ -384,3 +384,22 @@ def test_batched_per_task_backward_every_input(shared, dtype):
         single = torch.autograd.grad(out, [x, *w, *b], cot[t], retain_graph=True)
         for a, s in zip(batched, single):
             torch.testing.assert_close(a[t], s, **tol)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-group"])
+def test_vmap_over_weights_and_over_inputs_of_a_deep_stack(shared):
+    """The forward's vmap rule: over x the rows join the batch, over the weights the reference
+    runs under vmap; both equal a loop of op calls."""
+    x, weights, biases = make(6, 3, [5, 4, 3, 2], 3, shared, torch.float64)
+    relu = [True, False, True]
+    xs = torch.stack([x, 2 * x, -x, x.flip(0)])
+    f = torch.func.vmap(lambda x: torch.ops.mtlk.grouped_mlp(x, weights, biases, relu, shared))
+    for k, acts in enumerate(zip(*f(xs))):
+        for a, e in zip(acts, torch.ops.mtlk.grouped_mlp(xs[k], weights, biases, relu, shared)):
+            torch.testing.assert_close(a, e)
+    ws = [torch.stack([w, 0.5 * w]) for w in weights]
+    g = torch.func.vmap(lambda w0, w1, w2: torch.ops.mtlk.grouped_mlp(x, [w0, w1, w2], biases, relu, shared))
+    out = g(*ws)
+    for k in range(2):
+        for a, e in zip(out, torch.ops.mtlk.grouped_mlp(x, [w[k] for w in ws], biases, relu, shared)):
+            torch.testing.assert_close(a[k], e)
