@@ -8,7 +8,9 @@ Columns: "public" is the mtlkernels.ops function (argument checks + backend choi
 (mtlkernels.reference.solvers, Python loops). The project bar: the solver alone under 50 us
 per call for T <= 16 at N = 1, dispatch included. Inputs: Gram of random gradients with
 P = 64, random orders and targets, lower bounds 0.5 / T each; MGDA at its defaults
-(max_iter 250, tol 1e-5).
+(max_iter 250, tol 1e-5); the dual-cone solver on the Gram regularised as UPGrad does, with
+T bound vectors per problem (UPGrad: one problem per task, so divide by T for the per-problem
+time) or one (DualProj).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import interleaved_medians  # noqa: E402
 
+from mtlkernels.balance.dual_cone import regularized_gram  # noqa: E402
 from mtlkernels.ops import solvers as S  # noqa: E402
 
 
@@ -38,6 +41,10 @@ def inputs(N: int, T: int, P: int = 64):
 def cases(G, order, target, lower):
     """name -> (public(backend), bare op call)."""
     ops = torch.ops.mtlk
+    N, T = G.shape[0], G.shape[1]
+    Greg = torch.stack([regularized_gram(g, 1e-4, 1e-4) for g in G])
+    upgrad = torch.diag(torch.full((T,), 1.0 / T, dtype=torch.float64)).expand(N, T, T).contiguous()
+    dualproj = torch.full((N, 1, T), 1.0 / T, dtype=torch.float64)
     return {
         "pcgrad": (lambda b: S.pcgrad_weights(G, order, backend=b), lambda: ops.pcgrad_weights(G, order)),
         "gradvac": (lambda b: S.gradvac_weights(G, order, target, 0.5, backend=b),
@@ -45,6 +52,11 @@ def cases(G, order, target, lower):
         "mgda": (lambda b: S.mgda_weights(G, backend=b), lambda: ops.mgda_weights(G, 250, 1e-5)),
         "min_norm": (lambda b: S.min_norm_weights(G, backend=b), lambda: ops.min_norm_weights(G)),
         "peltr": (lambda b: S.peltr_weights(G, lower, backend=b), lambda: ops.peltr_weights(G, lower)),
+        # UPGrad: T bound vectors per problem (one dual-cone problem per task); DualProj: one
+        "dual_cone_upgrad": (lambda b: S.dual_cone_weights(Greg, upgrad, backend=b),
+                             lambda: ops.dual_cone_weights(Greg, upgrad)),
+        "dual_cone_dualproj": (lambda b: S.dual_cone_weights(Greg, dualproj, backend=b),
+                               lambda: ops.dual_cone_weights(Greg, dualproj)),
     }
 
 
@@ -55,7 +67,7 @@ def run(reps: int, Ns: list[int], Ts: list[int]) -> None:
     header = "| solver | T | N | public us | op us | reference us | reference / public |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
-    for name in ("pcgrad", "gradvac", "mgda", "min_norm", "peltr"):
+    for name in ("pcgrad", "gradvac", "mgda", "min_norm", "peltr", "dual_cone_upgrad", "dual_cone_dualproj"):
         for N in Ns:
             for T in Ts:
                 public, bare = cases(*inputs(N, T))[name]

@@ -44,6 +44,10 @@ TORCH_LIBRARY(mtlk, m) {
   // peltr: PE-LTR PECsolver with lower bounds [N, T] (c >= 0, sum c <= 1): relaxed KKT solve then
   //   projection onto {w >= c, sum w = 1}.
   m.def("peltr_weights(Tensor gram, Tensor lower_bounds) -> Tensor");
+  // dual_cone: for each problem n and bound vector k, v = argmin v^T G v s.t. v >= bounds[n, k]
+  // (the weights of the projection of J^T u onto the dual cone of the rows of J; UPGrad, DualProj).
+  // gram [N, T, T], bounds [N, K, T] -> [N, K, T].
+  m.def("dual_cone_weights(Tensor gram, Tensor bounds) -> Tensor");
 
   // Grouped MLP (csrc/grouped_mlp.h): G parallel MLPs, activations [B, G, width].
   // x [B, in] with shared_input (weights[0] [in, G, out0]) or [B, G, in] (weights[0] [G, in, out0]);

@@ -70,4 +70,14 @@ inline void check_peltr_args(const at::Tensor& gram, const at::Tensor& lower_bou
   check_same_device(lower_bounds, "lower_bounds", gram, "peltr_weights");
 }
 
+inline void check_dual_cone_args(const at::Tensor& gram, const at::Tensor& bounds) {
+  check_gram(gram, "dual_cone_weights");
+  TORCH_CHECK_VALUE(bounds.dim() == 3 && bounds.size(0) == gram.size(0) && bounds.size(2) == gram.size(1),
+                    "dual_cone_weights: bounds must be [N, K, T] = [", gram.size(0), ", K, ", gram.size(1),
+                    "], got ", bounds.sizes());
+  TORCH_CHECK_TYPE(bounds.scalar_type() == at::kDouble, "dual_cone_weights: bounds must be float64, got ",
+                   bounds.scalar_type());
+  check_same_device(bounds, "bounds", gram, "dual_cone_weights");
+}
+
 }  // namespace mtlk

@@ -231,6 +231,84 @@ void test_min_norm() {
   EXPECT(mtlk::min_norm_solve(bad, 2, w3, s3) == mtlk::kSolverNonFiniteGram);
 }
 
+// min v^T G v s.t. v >= u over every free set (G positive definite: the feasible KKT point).
+double brute_force_dual_cone(const std::vector<double>& G, const std::vector<double>& u, int64_t T) {
+  double best = INFINITY;
+  for (int64_t mask = 0; mask < (int64_t{1} << T); ++mask) {
+    std::vector<int64_t> F;
+    for (int64_t i = 0; i < T; ++i)
+      if (mask >> i & 1) F.push_back(i);
+    const int64_t p = static_cast<int64_t>(F.size());
+    std::vector<double> v(u), A(p * p), b(p);  // G_FF v_F = -G_FB u_B, Gaussian elimination
+    for (int64_t r = 0; r < p; ++r) {
+      b[r] = 0.0;
+      for (int64_t j = 0; j < T; ++j)
+        if (!(mask >> j & 1)) b[r] -= G[F[r] * T + j] * u[j];
+      for (int64_t c = 0; c < p; ++c) A[r * p + c] = G[F[r] * T + F[c]];
+    }
+    for (int64_t k = 0; k < p; ++k)
+      for (int64_t r = k + 1; r < p; ++r) {
+        const double f = A[r * p + k] / A[k * p + k];
+        for (int64_t c = k; c < p; ++c) A[r * p + c] -= f * A[k * p + c];
+        b[r] -= f * b[k];
+      }
+    for (int64_t k = p - 1; k >= 0; --k) {
+      double x = b[k];
+      for (int64_t c = k + 1; c < p; ++c) x -= A[k * p + c] * v[F[c]];
+      v[F[k]] = x / A[k * p + k];
+    }
+    bool feasible = true;
+    for (int64_t i = 0; i < T; ++i) feasible = feasible && v[i] >= u[i] - 1e-12;
+    if (!feasible) continue;
+    double cost = 0.0;
+    for (int64_t a = 0; a < T; ++a)
+      for (int64_t c = 0; c < T; ++c) cost += v[a] * v[c] * G[a * T + c];
+    best = std::min(best, cost);
+  }
+  return best;
+}
+
+void test_dual_cone() {
+  // against the enumeration: random and low-rank gradients (regularised as UPGrad does), T = 2..8
+  uint64_t state = 777;
+  const auto uniform = [&]() {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return static_cast<double>(state >> 11) / 4503599627370496.0 - 1.0;
+  };
+  for (int trial = 0; trial < 80; ++trial) {
+    const int64_t T = 2 + trial % 7, P = trial % 2 == 0 ? 2 : T + 3;
+    std::vector<double> J(T * P);
+    for (double& v : J) v = uniform();
+    std::vector<double> G = gram_of(J, T, P);
+    double trace = 0.0;
+    for (int64_t a = 0; a < T; ++a) trace += G[a * T + a];
+    for (double& g : G) g /= trace;
+    for (int64_t a = 0; a < T; ++a) G[a * T + a] += 1e-4;
+    std::vector<double> u(T, 0.0), v(T), scratch(mtlk::dual_cone_scratch(T));
+    u[trial % T] = 1.0 / static_cast<double>(T);
+    if (trial % 3 == 0)
+      for (double& x : u) x = uniform();
+    EXPECT(mtlk::dual_cone_solve(G.data(), u.data(), T, v.data(), scratch.data()) == mtlk::kSolverOk);
+    double cost = 0.0;
+    for (int64_t a = 0; a < T; ++a) {
+      EXPECT(v[a] >= u[a] - 1e-15);
+      for (int64_t c = 0; c < T; ++c) cost += v[a] * v[c] * G[a * T + c];
+    }
+    const double best = brute_force_dual_cone(G, u, T);
+    EXPECT(cost - best <= 1e-9 * best + 1e-15);
+  }
+  const double zeros[4] = {0, 0, 0, 0}, u2[2] = {0.5, -1.0}, bad_u[2] = {0.5, NAN};
+  double v2[2], s2[16];
+  EXPECT(mtlk::dual_cone_solve(zeros, u2, 2, v2, s2) == mtlk::kSolverOk && v2[0] == 0.5 && v2[1] == -1.0);
+  const double eye[4] = {1, 0, 0, 1};
+  EXPECT(mtlk::dual_cone_solve(eye, bad_u, 2, v2, s2) == mtlk::kSolverNonFiniteBound);
+  const double bad_g[4] = {1, 0, 0, INFINITY};
+  EXPECT(mtlk::dual_cone_solve(bad_g, u2, 2, v2, s2) == mtlk::kSolverNonFiniteGram);
+  EXPECT(mtlk::dual_cone_solve(eye, u2, 2, v2, s2) == mtlk::kSolverOk && v2[0] == 0.5 && v2[1] == 0.0);
+}
+
 void test_peltr() {
   double w[4], wm[4], scratch[2 * 16 + 6 * 4], mscratch[4];
   // T = 2, c = 0: the MGDA closed form, interior and clipped
@@ -335,6 +413,7 @@ int main() {
   test_pcgrad();
   test_gradvac();
   test_peltr();
+  test_dual_cone();
   test_cpu_kernels();
   return mtlk_test::finish("test_solvers");
 }

@@ -12,7 +12,7 @@ from mtlkernels.data.errors import DataError
 
 MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "esmm", "esm2", "aitm")
 METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g",
-           "aligned-mtl")
+           "aligned-mtl", "upgrad", "dualproj")
 #: methods that take the task gradients at the shared representation (MGDA-UB style)
 REPRESENTATION_METHODS = ("mgda-ub",)
 
@@ -119,6 +119,10 @@ def build_method(name: str, model: mnn.WithFeatures, num_tasks: int, s: dict[str
         return balance.IMTLG()
     if name == "aligned-mtl":
         return balance.AlignedMTL()
+    if name == "upgrad":
+        return balance.UPGrad()
+    if name == "dualproj":
+        return balance.DualProj()
     if name in ("mgda", "mgda-ub"):
         return balance.MGDA("loss+")
     if name == "pe-ltr":

@@ -193,6 +193,30 @@ at::Tensor peltr_weights_cpu(const at::Tensor& gram_in, const at::Tensor& lower_
   return w;
 }
 
+at::Tensor dual_cone_weights_cpu(const at::Tensor& gram_in, const at::Tensor& bounds_in) {
+  check_dual_cone_args(gram_in, bounds_in);
+  const at::Tensor gram = gram_in.contiguous();
+  const at::Tensor bounds = bounds_in.contiguous();
+  const int64_t N = gram.size(0), K = bounds.size(1), T = gram.size(1);
+  at::Tensor v = at::empty({N, K, T}, gram.options());
+  if (N == 0 || K == 0 || T == 0) return v;
+  const double* G = gram.const_data_ptr<double>();
+  const double* U = bounds.const_data_ptr<double>();
+  double* V = v.mutable_data_ptr<double>();
+  const auto solve = [&](int64_t p, double* scratch) {  // problem p = (n, k)
+    return dual_cone_solve(G + (p / K) * T * T, U + p * T, T, V + p * T, scratch);
+  };
+  const int64_t bad = for_each_problem(N * K, T, dual_cone_scratch(T), solve);
+  if (bad >= 0) {
+    Scratch scratch(dual_cone_scratch(T));
+    const int status = solve(bad, scratch.data());
+    TORCH_CHECK_VALUE(status != kSolverNonFiniteBound, "dual_cone_weights: bounds[", bad / K, ", ", bad % K,
+                      "] holds NaN or Inf");
+    raise_status("dual_cone_weights", status, bad / K, T, nullptr, nullptr);
+  }
+  return v;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mtlk, CPU, m) {
@@ -201,6 +225,7 @@ TORCH_LIBRARY_IMPL(mtlk, CPU, m) {
   m.impl("mgda_weights", &mgda_weights_cpu);
   m.impl("min_norm_weights", &min_norm_weights_cpu);
   m.impl("peltr_weights", &peltr_weights_cpu);
+  m.impl("dual_cone_weights", &dual_cone_weights_cpu);
 }
 
 // The weights are constants of the update (no reference differentiates through them): the
@@ -213,6 +238,7 @@ TORCH_LIBRARY_IMPL(mtlk, Autograd, m) {
   m.impl("mgda_weights", torch::CppFunction::makeFallthrough());
   m.impl("min_norm_weights", torch::CppFunction::makeFallthrough());
   m.impl("peltr_weights", torch::CppFunction::makeFallthrough());
+  m.impl("dual_cone_weights", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace mtlk

@@ -166,6 +166,30 @@ at::Tensor peltr_weights_cuda(const at::Tensor& gram_in, const at::Tensor& lower
   return w;
 }
 
+__global__ void dual_cone_kernel(const double* __restrict__ G, const double* __restrict__ U, double* __restrict__ V,
+                                 double* __restrict__ scratch, int64_t P, int64_t K, int64_t T) {
+  const int64_t p = problem_index();  // problem (n, k) = (p / K, p % K)
+  if (p >= P) return;
+  double* v = V + p * T;
+  mark_bad(dual_cone_solve(G + (p / K) * T * T, U + p * T, T, v, scratch + p * dual_cone_scratch(T)), v, T);
+}
+
+at::Tensor dual_cone_weights_cuda(const at::Tensor& gram_in, const at::Tensor& bounds_in) {
+  check_dual_cone_args(gram_in, bounds_in);
+  const c10::cuda::CUDAGuard guard(gram_in.device());
+  const at::Tensor gram = gram_in.contiguous();
+  const at::Tensor bounds = bounds_in.contiguous();
+  const int64_t N = gram.size(0), K = bounds.size(1), T = gram.size(1);
+  at::Tensor v = at::empty({N, K, T}, gram.options());
+  if (N == 0 || K == 0 || T == 0) return v;
+  at::Tensor scratch = at::empty({N * K * dual_cone_scratch(T)}, gram.options());  // one slice per (n, k)
+  dual_cone_kernel<<<blocks_for(N * K), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      gram.const_data_ptr<double>(), bounds.const_data_ptr<double>(), v.mutable_data_ptr<double>(),
+      scratch.mutable_data_ptr<double>(), N * K, K, T);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return v;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mtlk, CUDA, m) {
@@ -174,6 +198,7 @@ TORCH_LIBRARY_IMPL(mtlk, CUDA, m) {
   m.impl("mgda_weights", &mgda_weights_cuda);
   m.impl("min_norm_weights", &min_norm_weights_cuda);
   m.impl("peltr_weights", &peltr_weights_cuda);
+  m.impl("dual_cone_weights", &dual_cone_weights_cuda);
 }
 
 }  // namespace mtlk

@@ -26,6 +26,8 @@ Each solver reads only the Gram matrix ``G = J J^T`` of the T task gradients (fl
 - ``peltr_weights`` (Lin et al., RecSys 2019, PECsolver): relaxed KKT solve in the
   pseudo-inverse sense (collinear gradients are fine), then projection onto
   ``{w >= lower_bounds, sum w = 1}``.
+- ``dual_cone_weights`` (Quinton & Rey 2024, Proposition 1; UPGrad and DualProj):
+  ``v = argmin v^T G v s.t. v >= u`` for K bound vectors u per problem, by an exact active set.
 
 Backends (see ``mtlkernels._backend``): ``native`` (C++ CPU kernel, CUDA kernel) and
 ``reference`` (plain-PyTorch loops, ``mtlkernels.reference.solvers``). There is no Triton
@@ -162,6 +164,10 @@ def _fake_peltr(gram, lower_bounds):
     return gram.new_empty(gram.shape[0], gram.shape[1])
 
 
+def _fake_dual_cone(gram, bounds):
+    return bounds.new_empty(bounds.shape)
+
+
 def _batch_first(t, dim, b):
     """``t`` with its vmap dim first, or broadcast to ``b`` copies when unbatched."""
     if dim is None:
@@ -196,6 +202,8 @@ def _register_rules() -> None:
     torch.library.register_vmap("mtlk::mgda_weights", _vmap_rule(ops.mgda_weights.default, 1, 1))
     torch.library.register_vmap("mtlk::min_norm_weights", _vmap_rule(ops.min_norm_weights.default, 1, 1))
     torch.library.register_vmap("mtlk::peltr_weights", _vmap_rule(ops.peltr_weights.default, 2, 1))
+    torch.library.register_fake("mtlk::dual_cone_weights")(_fake_dual_cone)
+    torch.library.register_vmap("mtlk::dual_cone_weights", _vmap_rule(ops.dual_cone_weights.default, 2, 1))
 
 
 if _extension.native_available():
@@ -371,3 +379,50 @@ def peltr_weights(gram: Tensor, lower_bounds: Tensor, *, backend: str | None = N
             _check_lower_bound_values(op, c)
         w = _ref.peltr_weights(g.detach(), c.detach())
     return w.squeeze(0) if single else w
+
+
+def _check_bound_values(op: str, bounds: Tensor) -> None:
+    bad = ~torch.isfinite(bounds).all(dim=-1)
+    if bool(bad.any()):
+        n, k = bad.nonzero()[0].tolist()
+        raise ValueError(f"{op}: bounds[{n}, {k}] holds NaN or Inf")
+
+
+def dual_cone_weights(gram: Tensor, bounds: Tensor, *, backend: str | None = None) -> Tensor:
+    """Dual-cone projection weights: for each bound vector u, ``v = argmin v^T G v s.t. v >= u``,
+    so that ``J^T v`` is the projection of ``J^T u`` onto the dual cone ``{x : J x >= 0}`` of the
+    task gradients (Quinton & Rey 2024, Proposition 1): the combination that conflicts with no
+    task, closest to ``J^T u``. Exact (an active set with Cholesky solves on the free variables,
+    finitely many steps); G should be positive definite for a unique v (UPGrad and DualProj add
+    ``reg_eps`` to its diagonal), a singular free set stops at the last point reached. G = 0 gives
+    ``v = u``.
+
+    Args:
+        gram: ``[T, T]`` or ``[N, T, T]`` float64.
+        bounds: ``[K, T]`` or ``[N, K, T]`` float64, the vectors u (UPGrad: the rows of
+            ``diag(1/T)``; DualProj: one row ``1/T``).
+        backend: ``"native"``, ``"reference"`` or None.
+
+    Returns:
+        ``[K, T]`` or ``[N, K, T]`` float64 weights.
+    """
+    op = "dual_cone_weights"
+    single = _check_gram(op, gram)
+    T = gram.shape[-1]
+    if not isinstance(bounds, Tensor) or bounds.dim() != gram.dim() or bounds.shape[-1] != T or \
+            (not single and bounds.shape[0] != gram.shape[0]):
+        want = f"[K, {T}]" if single else f"[{gram.shape[0]}, K, {T}]"
+        raise ValueError(f"{op}: bounds must be {want}, got "
+                         f"{tuple(bounds.shape) if isinstance(bounds, Tensor) else type(bounds).__name__}")
+    if bounds.dtype != torch.float64 or bounds.device != gram.device:
+        raise TypeError(f"{op}: bounds must be float64 on {gram.device}, got {bounds.dtype} on {bounds.device}")
+    which = _resolve(op, backend, gram.device)
+    g, u = _batched(gram, single), _batched(bounds, single)
+    if which == "native":
+        v = torch.ops.mtlk.dual_cone_weights(g, u)
+    else:
+        if _check_values(which):
+            _check_gram_values(op, g)
+            _check_bound_values(op, u)
+        v = _ref.dual_cone_weights(g.detach(), u.detach())
+    return v.squeeze(0) if single else v

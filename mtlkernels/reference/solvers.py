@@ -333,3 +333,66 @@ def peltr_weights(gram: Tensor, lower_bounds: Tensor) -> Tensor:
         what = (torch.linalg.pinv(M, rtol=PELTR_RTOL, hermitian=True) @ z)[:T]
         w[n] = project_scaled_simplex(what, s) + c
     return w
+
+
+def dual_cone_weights(gram: Tensor, bounds: Tensor) -> Tensor:
+    """``[N, K, T]``: for each problem n and bound vector k, ``v = argmin v^T G v s.t. v >= u``
+    (Quinton & Rey 2024, Proposition 1: ``J^T v`` is the projection of ``J^T u`` onto the dual
+    cone of the rows of J), the steps of ``mtlk::dual_cone_solve``: on ``z = v - u >= 0``, free
+    the bound with the most negative ``(G v)_j``, solve ``G_FF z_F = -(G u)_F`` on the free set,
+    step back to the boundary when that leaves ``z >= 0``; until no bound's gradient is negative."""
+    N, K, T = bounds.shape
+    out = torch.zeros(N, K, T, dtype=torch.float64, device=bounds.device)
+    for n in range(N):
+        G = gram[n].detach().cpu().double()
+        scale = float(G.diagonal().max()) if T else 0.0
+        for k in range(K):
+            u = bounds[n, k].detach().cpu().double()
+            out[n, k] = u if not scale > 0.0 else u + _dual_cone_z(G, u, scale)
+    return out
+
+
+def _dual_cone_z(G: Tensor, u: Tensor, scale: float) -> Tensor:
+    T = G.shape[0]
+    q = G @ u
+    z = torch.zeros(T, dtype=torch.float64)
+    free: list[int] = []
+    umax = float(u.abs().max())
+    for _ in range(3 * T + 3):
+        size = umax + (float(z[free].max()) if free else 0.0)
+        g = q + G @ z
+        bound = [i for i in range(T) if i not in free]
+        if not bound:
+            break
+        enter = min(bound, key=lambda i: float(g[i]))
+        if not float(g[enter]) < -1e-13 * scale * size:
+            break
+        free.append(enter)
+        stuck = False
+        for minor in range(T + 2):
+            if not free:
+                break
+            A = G[free][:, free]
+            if float(torch.linalg.eigvalsh(A).min()) <= 1e-14 * scale:
+                stuck = True
+                break
+            s = torch.linalg.solve(A, -q[free])
+            if bool((s > 1e-15 * size).all()):
+                z[free] = s
+                break
+            if minor == 0 and not float(s[-1]) > 0.0:
+                stuck = True
+                break
+            zf = z[free]
+            alpha = 1.0
+            for a, b in zip(zf.tolist(), s.tolist()):
+                if b <= 1e-15 * size and a - b > 0.0:
+                    alpha = min(alpha, a / (a - b))
+            new = zf + alpha * (s - zf)
+            keep = [i for i, val in zip(free, new.tolist()) if val > 1e-15 * size]
+            for i, val in zip(free, new.tolist()):
+                z[i] = val if i in keep else 0.0
+            free = keep
+        if stuck:
+            break
+    return z

@@ -27,6 +27,10 @@
 //   peltr    (Lin et al., RecSys 2019, PECsolver): relaxed KKT solve of
 //            min ||J^T w||^2 s.t. sum w = 1 (w = what + c), minimum-norm (pseudo-inverse)
 //            solution, then Euclidean projection of what onto {v >= 0, sum v = 1 - sum c}.
+//   dual_cone (Quinton & Rey 2024, Proposition 1; UPGrad and DualProj): v = argmin v^T G v
+//            subject to v >= u, whose J^T v is the projection of J^T u onto the dual cone
+//            {x : J x >= 0}. An active-set (Lawson-Hanson) solve on z = v - u >= 0: exact
+//            Cholesky solves on the free set, finite; G positive definite for a unique v.
 //
 // Zero gradients: a diagonal G_jj <= 0 (a zero gradient, or rounding below zero) is never
 // projected onto. Nothing here allocates or throws: the caller passes scratch buffers of
@@ -46,6 +50,7 @@ enum SolverStatus : int {
   kSolverBadOrder = 2,         // a row of order is not a permutation of 0..T-1
   kSolverBadTarget = 3,        // a gradvac target outside [-1, 1] (or NaN)
   kSolverBadLowerBounds = 4,   // a PE-LTR lower bound < 0 or NaN, or sum > 1 + 1e-12
+  kSolverNonFiniteBound = 5,   // a NaN or +-inf entry in a dual-cone bound u
 };
 
 // Relative epsilon of the GradVac cosine and adjustment denominators: LibMTL's absolute 1e-8,
@@ -65,6 +70,7 @@ MTLK_HOST_DEVICE int64_t gradvac_scratch(int64_t T) { return 2 * T; }
 MTLK_HOST_DEVICE int64_t mgda_scratch(int64_t T) { return T; }
 MTLK_HOST_DEVICE int64_t min_norm_scratch(int64_t T) { return (T + 2) * (T + 2) + 6 * (T + 2); }
 MTLK_HOST_DEVICE int64_t peltr_scratch(int64_t T) { return 2 * T * T + 6 * T; }
+MTLK_HOST_DEVICE int64_t dual_cone_scratch(int64_t T) { return T * T + 5 * T; }
 
 MTLK_HOST_DEVICE double clamp0(double v) { return v > 0.0 ? v : 0.0; }
 
@@ -567,6 +573,145 @@ MTLK_HOST_DEVICE int peltr_solve(const double* G, const double* lower, int64_t T
   }
   project_scaled_simplex(what, T, s, what, sorted);
   for (int64_t m = 0; m < T; ++m) w[m] = what[m] + lower[m];
+  return kSolverOk;
+}
+
+// Relative tolerances of dual_cone_solve: a bound leaves the active set when its gradient
+// (G v)_j is below -kDualConeOptTol * max_k G_kk * (|u|_inf + |z|_inf); a free variable at or
+// below kDualConePosTol * (|u|_inf + |z|_inf) returns to its bound; a Cholesky pivot at or below
+// kDualConePivotTol * max_k G_kk means the free set's G is singular.
+constexpr double kDualConeOptTol = 1e-13;
+constexpr double kDualConePosTol = 1e-15;
+constexpr double kDualConePivotTol = 1e-14;
+
+// s_P = -(G_PP)^{-1} q_P for the p indices F (as doubles) by Cholesky into L (p x p); false when
+// a pivot is at or below `pivot` (G_PP singular).
+MTLK_HOST_DEVICE bool free_set_solve(const double* G, int64_t T, const double* F, int64_t p, double pivot,
+                                     const double* q, double* L, double* s) {
+  for (int64_t i = 0; i < p; ++i) {
+    const int64_t fi = static_cast<int64_t>(F[i]);
+    for (int64_t j = 0; j <= i; ++j) {
+      double v = G[fi * T + static_cast<int64_t>(F[j])];
+      for (int64_t k = 0; k < j; ++k) v -= L[i * p + k] * L[j * p + k];
+      if (i == j) {
+        if (!(v > pivot)) return false;
+        L[i * p + i] = sqrt(v);
+      } else {
+        L[i * p + j] = v / L[j * p + j];
+      }
+    }
+  }
+  for (int64_t i = 0; i < p; ++i) {  // L y = -q_F
+    double v = -q[static_cast<int64_t>(F[i])];
+    for (int64_t k = 0; k < i; ++k) v -= L[i * p + k] * s[k];
+    s[i] = v / L[i * p + i];
+  }
+  for (int64_t i = p - 1; i >= 0; --i) {  // L^T s = y
+    double v = s[i];
+    for (int64_t k = i + 1; k < p; ++k) v -= L[k * p + i] * s[k];
+    s[i] = v / L[i * p + i];
+  }
+  return true;
+}
+
+// Dual-cone projection weights of one problem: u [T] bounds, v [T] out, scratch
+// dual_cone_scratch(T). With z = v - u the problem is min z^T G z + 2 z^T G u, z >= 0; starting
+// from z = 0, each major step frees the bound with the most negative (G v)_j, each minor step
+// solves G_FF z_F = -(G u)_F on the free set F and, when that leaves z >= 0, steps back to the
+// boundary and returns the variables that reach 0 to their bounds. Stops at the KKT point
+// ((G v)_j >= 0 at every bound) or, for a singular free set, at the last point reached. G = 0 or
+// T = 0 gives v = u.
+MTLK_HOST_DEVICE int dual_cone_solve(const double* G, const double* u, int64_t T, double* v, double* scratch) {
+  for (int64_t k = 0; k < T; ++k) v[k] = 0.0;
+  if (!all_finite(G, T * T)) return kSolverNonFiniteGram;
+  if (!all_finite(u, T)) return kSolverNonFiniteBound;
+  double scale = 0.0, umax = 0.0;
+  for (int64_t k = 0; k < T; ++k) {
+    scale = G[k * T + k] > scale ? G[k * T + k] : scale;
+    umax = fabs(u[k]) > umax ? fabs(u[k]) : umax;
+    v[k] = u[k];
+  }
+  if (!(scale > 0.0)) return kSolverOk;
+  double* L = scratch;      // T * T
+  double* z = L + T * T;    // T
+  double* s = z + T;        // T
+  double* q = s + T;        // G u, T
+  double* g = q + T;        // G v, T
+  double* F = g + T;        // free set (indices as doubles), T
+  for (int64_t i = 0; i < T; ++i) {
+    double v_i = 0.0;
+    for (int64_t j = 0; j < T; ++j) v_i += G[i * T + j] * u[j];
+    q[i] = v_i;
+    z[i] = 0.0;
+  }
+  int64_t p = 0;
+  for (int64_t major = 0; major < 3 * T + 3; ++major) {
+    double zmax = 0.0;
+    for (int64_t k = 0; k < p; ++k) {
+      const double zk = z[static_cast<int64_t>(F[k])];
+      zmax = zk > zmax ? zk : zmax;
+    }
+    const double size = umax + zmax;
+    for (int64_t i = 0; i < T; ++i) {
+      double gi = q[i];
+      for (int64_t k = 0; k < p; ++k) gi += G[i * T + static_cast<int64_t>(F[k])] * z[static_cast<int64_t>(F[k])];
+      g[i] = gi;
+    }
+    int64_t enter = -1;
+    double best = -kDualConeOptTol * scale * size;
+    for (int64_t i = 0; i < T; ++i) {
+      bool free = false;
+      for (int64_t k = 0; k < p; ++k) free = free || static_cast<int64_t>(F[k]) == i;
+      if (!free && g[i] < best) {
+        best = g[i];
+        enter = i;
+      }
+    }
+    if (enter < 0) break;  // KKT: no bound whose release lowers the objective
+    F[p++] = static_cast<double>(enter);
+    bool stuck = false;
+    for (int64_t minor = 0; minor < T + 2 && p > 0; ++minor) {
+      if (!free_set_solve(G, T, F, p, kDualConePivotTol * scale, q, L, s)) {
+        stuck = true;  // singular on the free set: keep the point reached
+        break;
+      }
+      bool inside = true;
+      for (int64_t k = 0; k < p; ++k) inside = inside && s[k] > kDualConePosTol * size;
+      if (inside) {
+        for (int64_t k = 0; k < p; ++k) z[static_cast<int64_t>(F[k])] = s[k];
+        break;
+      }
+      if (minor == 0 && !(s[p - 1] > 0.0)) {  // rounding: the entering bound does not move
+        stuck = true;
+        break;
+      }
+      double alpha = 1.0;  // the largest step from z towards s that keeps z >= 0
+      for (int64_t k = 0; k < p; ++k) {
+        const double zk = z[static_cast<int64_t>(F[k])];
+        if (s[k] <= kDualConePosTol * size && zk - s[k] > 0.0) {
+          const double t = zk / (zk - s[k]);
+          alpha = t < alpha ? t : alpha;
+        }
+      }
+      int64_t kept = 0;
+      for (int64_t k = 0; k < p; ++k) {
+        const int64_t fk = static_cast<int64_t>(F[k]);
+        const double val = z[fk] + alpha * (s[k] - z[fk]);
+        if (val > kDualConePosTol * size) {
+          z[fk] = val;
+          F[kept++] = F[k];
+        } else {
+          z[fk] = 0.0;
+        }
+      }
+      p = kept;
+    }
+    if (stuck) {
+      if (p > 0 && z[static_cast<int64_t>(F[p - 1])] == 0.0) --p;
+      break;
+    }
+  }
+  for (int64_t k = 0; k < T; ++k) v[k] = u[k] + z[k];
   return kSolverOk;
 }
 
