@@ -52,6 +52,7 @@ def cases(G, order, target, lower):
         "mgda": (lambda b: S.mgda_weights(G, backend=b), lambda: ops.mgda_weights(G, 250, 1e-5)),
         "min_norm": (lambda b: S.min_norm_weights(G, backend=b), lambda: ops.min_norm_weights(G)),
         "peltr": (lambda b: S.peltr_weights(G, lower, backend=b), lambda: ops.peltr_weights(G, lower)),
+        "cagrad": (lambda b: S.cagrad_weights(G, 0.5, backend=b), lambda: ops.cagrad_weights(G, 0.5)),
         # UPGrad: T bound vectors per problem (one dual-cone problem per task); DualProj: one
         "dual_cone_upgrad": (lambda b: S.dual_cone_weights(Greg, upgrad, backend=b),
                              lambda: ops.dual_cone_weights(Greg, upgrad)),
@@ -67,7 +68,7 @@ def run(reps: int, Ns: list[int], Ts: list[int]) -> None:
     header = "| solver | T | N | public us | op us | reference us | reference / public |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
-    for name in ("pcgrad", "gradvac", "mgda", "min_norm", "peltr", "dual_cone_upgrad", "dual_cone_dualproj"):
+    for name in ("pcgrad", "gradvac", "mgda", "min_norm", "peltr", "cagrad", "dual_cone_upgrad", "dual_cone_dualproj"):
         for N in Ns:
             for T in Ts:
                 public, bare = cases(*inputs(N, T))[name]

@@ -5,8 +5,8 @@ nearly collinear J.
 
     PYTHONPATH=<dir with torchjd 0.18, qpsolvers, quadprog> python bench/torchjd_agreement.py
 
-(install them with ``pip install --target DIR --no-deps torchjd==0.18.0 qpsolvers quadprog``: a
-plain install would pull another torch). Bar (the second-ring issue): within 1e-6.
+(install them with ``pip install --target DIR --no-deps torchjd==0.18.0 qpsolvers quadprog``, and
+for CAGrad ``cvxpy clarabel osqp scs qdldl``: a plain install would pull another torch). Bar (the second-ring issue): within 1e-6.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ except ImportError as exc:  # pragma: no cover - a bench, not a test
 PAIRS = {"UPGrad": (balance.UPGrad, tjd.UPGrad, lambda T: 1), "DualProj": (balance.DualProj, tjd.DualProj, lambda T: 1),
          "IMTL-G": (balance.IMTLG, tjd.IMTLG, lambda T: 1),
          "Aligned-MTL": (balance.AlignedMTL, tjd.AlignedMTL, lambda T: T)}
+if hasattr(tjd, "CAGrad"):  # needs cvxpy and clarabel: TorchJD's update is not rescaled
+    PAIRS["CAGrad c=0.5"] = (lambda: balance.CAGrad(0.5, rescale=0), lambda: tjd.CAGrad(c=0.5), lambda T: 1)
 
 
 def jacobians(T: int, P: int, seed: int):

@@ -48,6 +48,8 @@ TORCH_LIBRARY(mtlk, m) {
   // (the weights of the projection of J^T u onto the dual cone of the rows of J; UPGrad, DualProj).
   // gram [N, T, T], bounds [N, K, T] -> [N, K, T].
   m.def("dual_cone_weights(Tensor gram, Tensor bounds) -> Tensor");
+  // cagrad: CAGrad's dual w in the simplex minimising b^T w + a |J^T w| (b = G 1 / T, a = c |g0|).
+  m.def("cagrad_weights(Tensor gram, float c) -> Tensor");
 
   // Grouped MLP (csrc/grouped_mlp.h): G parallel MLPs, activations [B, G, width].
   // x [B, in] with shared_input (weights[0] [in, G, out0]) or [B, G, in] (weights[0] [G, in, out0]);

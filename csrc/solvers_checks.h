@@ -80,4 +80,9 @@ inline void check_dual_cone_args(const at::Tensor& gram, const at::Tensor& bound
   check_same_device(bounds, "bounds", gram, "dual_cone_weights");
 }
 
+inline void check_cagrad_args(const at::Tensor& gram, double c) {
+  check_gram(gram, "cagrad_weights");
+  TORCH_CHECK_VALUE(c >= 0.0 && std::isfinite(c), "cagrad_weights: c must be finite and >= 0, got ", c);
+}
+
 }  // namespace mtlk

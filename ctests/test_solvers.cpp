@@ -309,6 +309,62 @@ void test_dual_cone() {
   EXPECT(mtlk::dual_cone_solve(eye, u2, 2, v2, s2) == mtlk::kSolverOk && v2[0] == 0.5 && v2[1] == 0.0);
 }
 
+void test_cagrad() {
+  // the KKT conditions of min_{w in simplex} b^T w + a |J^T w| at the solution: the gradient
+  // b + a G w / |J^T w| is equal on the support and not smaller off it; random and low-rank J
+  uint64_t state = 4242;
+  const auto uniform = [&]() {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return static_cast<double>(state >> 11) / 4503599627370496.0 - 1.0;
+  };
+  for (int trial = 0; trial < 120; ++trial) {
+    const int64_t T = 2 + trial % 9, P = trial % 2 == 0 ? 3 : T + 5;
+    std::vector<double> J(T * P);
+    for (double& v : J) v = uniform();
+    const std::vector<double> G = gram_of(J, T, P);
+    const double c = 0.1 + 0.2 * (trial % 5);
+    std::vector<double> w(T), scratch(mtlk::cagrad_scratch(T));
+    EXPECT(mtlk::cagrad_solve(G.data(), T, c, w.data(), scratch.data()) == mtlk::kSolverOk);
+    double total = 0.0, r2 = 0.0, sum = 0.0;
+    for (int64_t i = 0; i < T; ++i) {
+      sum += w[i];
+      EXPECT(w[i] >= 0.0);
+      for (int64_t j = 0; j < T; ++j) {
+        total += G[i * T + j];
+        r2 += w[i] * w[j] * G[i * T + j];
+      }
+    }
+    EXPECT(near(sum, 1.0, 1e-12));
+    if (!(r2 > 1e-20)) continue;  // J^T w = 0: nothing to check
+    const double a = c * std::sqrt(total) / static_cast<double>(T), r = std::sqrt(r2);
+    std::vector<double> grad(T);
+    double on = -INFINITY, off = INFINITY, gmax = 0.0;
+    for (int64_t i = 0; i < T; ++i) {
+      double b = 0.0, gw = 0.0;
+      for (int64_t j = 0; j < T; ++j) {
+        b += G[i * T + j] / static_cast<double>(T);
+        gw += G[i * T + j] * w[j];
+      }
+      grad[i] = b + a * gw / r;
+      gmax = std::max(gmax, std::abs(grad[i]));
+      if (w[i] > 1e-9) on = std::max(on, grad[i]);
+      else off = std::min(off, grad[i]);
+    }
+    double low = INFINITY;
+    for (int64_t i = 0; i < T; ++i)
+      if (w[i] > 1e-9) low = std::min(low, grad[i]);
+    EXPECT(on - low <= 1e-9 * gmax);           // equal on the support
+    EXPECT(off >= on - 1e-9 * gmax);           // not smaller off it
+  }
+  const double eye[4] = {1, 0, 0, 1}, bad[4] = {1, 0, 0, NAN};
+  double w2[2], s2[40];  // cagrad_scratch(2) = 33
+  EXPECT(mtlk::cagrad_solve(eye, 2, 0.0, w2, s2) == mtlk::kSolverOk && w2[0] == 1.0 && w2[1] == 0.0);
+  EXPECT(mtlk::cagrad_solve(bad, 2, 0.5, w2, s2) == mtlk::kSolverNonFiniteGram);
+  EXPECT(mtlk::cagrad_solve(eye, 2, 0.5, w2, s2) == mtlk::kSolverOk && near(w2[0], 0.5) && near(w2[1], 0.5));
+}
+
 void test_peltr() {
   double w[4], wm[4], scratch[2 * 16 + 6 * 4], mscratch[4];
   // T = 2, c = 0: the MGDA closed form, interior and clipped
@@ -414,6 +470,7 @@ int main() {
   test_gradvac();
   test_peltr();
   test_dual_cone();
+  test_cagrad();
   test_cpu_kernels();
   return mtlk_test::finish("test_solvers");
 }

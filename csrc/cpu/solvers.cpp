@@ -217,6 +217,20 @@ at::Tensor dual_cone_weights_cpu(const at::Tensor& gram_in, const at::Tensor& bo
   return v;
 }
 
+at::Tensor cagrad_weights_cpu(const at::Tensor& gram_in, double c) {
+  check_cagrad_args(gram_in, c);
+  const at::Tensor gram = gram_in.contiguous();
+  const int64_t N = gram.size(0), T = gram.size(1);
+  at::Tensor w = at::empty({N, T}, gram.options());
+  if (N == 0 || T == 0) return w;
+  const double* G = gram.const_data_ptr<double>();
+  double* W = w.mutable_data_ptr<double>();
+  const auto solve = [&](int64_t n, double* scratch) { return cagrad_solve(G + n * T * T, T, c, W + n * T, scratch); };
+  const int64_t bad = for_each_problem(N, T, cagrad_scratch(T), solve);
+  raise_if_bad(bad, "cagrad_weights", T, cagrad_scratch(T), solve, nullptr, nullptr);
+  return w;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mtlk, CPU, m) {
@@ -226,6 +240,7 @@ TORCH_LIBRARY_IMPL(mtlk, CPU, m) {
   m.impl("min_norm_weights", &min_norm_weights_cpu);
   m.impl("peltr_weights", &peltr_weights_cpu);
   m.impl("dual_cone_weights", &dual_cone_weights_cpu);
+  m.impl("cagrad_weights", &cagrad_weights_cpu);
 }
 
 // The weights are constants of the update (no reference differentiates through them): the
@@ -239,6 +254,7 @@ TORCH_LIBRARY_IMPL(mtlk, Autograd, m) {
   m.impl("min_norm_weights", torch::CppFunction::makeFallthrough());
   m.impl("peltr_weights", torch::CppFunction::makeFallthrough());
   m.impl("dual_cone_weights", torch::CppFunction::makeFallthrough());
+  m.impl("cagrad_weights", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace mtlk

@@ -190,6 +190,28 @@ at::Tensor dual_cone_weights_cuda(const at::Tensor& gram_in, const at::Tensor& b
   return v;
 }
 
+__global__ void cagrad_kernel(const double* __restrict__ G, double c, double* __restrict__ W,
+                              double* __restrict__ scratch, int64_t N, int64_t T) {
+  const int64_t n = problem_index();
+  if (n >= N) return;
+  double* w = W + n * T;
+  mark_bad(cagrad_solve(G + n * T * T, T, c, w, scratch + n * cagrad_scratch(T)), w, T);
+}
+
+at::Tensor cagrad_weights_cuda(const at::Tensor& gram_in, double c) {
+  check_cagrad_args(gram_in, c);
+  const c10::cuda::CUDAGuard guard(gram_in.device());
+  const at::Tensor gram = gram_in.contiguous();
+  const int64_t N = gram.size(0), T = gram.size(1);
+  at::Tensor w = at::empty({N, T}, gram.options());
+  if (N == 0 || T == 0) return w;
+  at::Tensor scratch = workspace(gram, cagrad_scratch(T));
+  cagrad_kernel<<<blocks_for(N), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      gram.const_data_ptr<double>(), c, w.mutable_data_ptr<double>(), scratch.mutable_data_ptr<double>(), N, T);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return w;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mtlk, CUDA, m) {
@@ -199,6 +221,7 @@ TORCH_LIBRARY_IMPL(mtlk, CUDA, m) {
   m.impl("min_norm_weights", &min_norm_weights_cuda);
   m.impl("peltr_weights", &peltr_weights_cuda);
   m.impl("dual_cone_weights", &dual_cone_weights_cuda);
+  m.impl("cagrad_weights", &cagrad_weights_cuda);
 }
 
 }  // namespace mtlk

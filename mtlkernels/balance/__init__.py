@@ -9,6 +9,7 @@ call ``optimizer.step()``. Stateful methods are ``nn.Module``s: ``state_dict()``
 """
 from mtlkernels.balance.aggregate import aggregate
 from mtlkernels.balance.aligned_mtl import AlignedMTL
+from mtlkernels.balance.cagrad import CAGrad
 from mtlkernels.balance.dualproj import DualProj
 from mtlkernels.balance.dwa import DWA
 from mtlkernels.balance.ew import EW
@@ -23,5 +24,5 @@ from mtlkernels.balance.rlw import RLW
 from mtlkernels.balance.upgrad import UPGrad
 from mtlkernels.balance.uw import UncertaintyWeighting
 
-__all__ = ["aggregate", "AlignedMTL", "DualProj", "DWA", "EW", "GradNorm", "GradVac", "IMTLG", "MGDA", "PCGrad",
+__all__ = ["aggregate", "AlignedMTL", "CAGrad", "DualProj", "DWA", "EW", "GradNorm", "GradVac", "IMTLG", "MGDA", "PCGrad",
            "PELTR", "RLW", "UPGrad", "UncertaintyWeighting", "task_gradients"]

@@ -26,6 +26,8 @@ Each solver reads only the Gram matrix ``G = J J^T`` of the T task gradients (fl
 - ``peltr_weights`` (Lin et al., RecSys 2019, PECsolver): relaxed KKT solve in the
   pseudo-inverse sense (collinear gradients are fine), then projection onto
   ``{w >= lower_bounds, sum w = 1}``.
+- ``cagrad_weights`` (Liu et al., NeurIPS 2021): CAGrad's dual on the simplex, exact (active sets
+  with closed-form face minimisers).
 - ``dual_cone_weights`` (Quinton & Rey 2024, Proposition 1; UPGrad and DualProj):
   ``v = argmin v^T G v s.t. v >= u`` for K bound vectors u per problem, by an exact active set.
 
@@ -47,6 +49,8 @@ module for the reference backend. The CUDA kernel does not synchronise with the 
 them: it writes NaN weights for such a problem (and leaves its targets unchanged).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -164,6 +168,10 @@ def _fake_peltr(gram, lower_bounds):
     return gram.new_empty(gram.shape[0], gram.shape[1])
 
 
+def _fake_cagrad(gram, c):
+    return gram.new_empty(gram.shape[0], gram.shape[1])
+
+
 def _fake_dual_cone(gram, bounds):
     return bounds.new_empty(bounds.shape)
 
@@ -202,6 +210,8 @@ def _register_rules() -> None:
     torch.library.register_vmap("mtlk::mgda_weights", _vmap_rule(ops.mgda_weights.default, 1, 1))
     torch.library.register_vmap("mtlk::min_norm_weights", _vmap_rule(ops.min_norm_weights.default, 1, 1))
     torch.library.register_vmap("mtlk::peltr_weights", _vmap_rule(ops.peltr_weights.default, 2, 1))
+    torch.library.register_fake("mtlk::cagrad_weights")(_fake_cagrad)
+    torch.library.register_vmap("mtlk::cagrad_weights", _vmap_rule(ops.cagrad_weights.default, 1, 1))
     torch.library.register_fake("mtlk::dual_cone_weights")(_fake_dual_cone)
     torch.library.register_vmap("mtlk::dual_cone_weights", _vmap_rule(ops.dual_cone_weights.default, 2, 1))
 
@@ -426,3 +436,32 @@ def dual_cone_weights(gram: Tensor, bounds: Tensor, *, backend: str | None = Non
             _check_bound_values(op, u)
         v = _ref.dual_cone_weights(g.detach(), u.detach())
     return v.squeeze(0) if single else v
+
+
+def cagrad_weights(gram: Tensor, c: float, *, backend: str | None = None) -> Tensor:
+    """CAGrad's dual weights: ``w = argmin_{w in simplex} b^T w + a |J^T w|`` with ``b = G 1 / T``
+    (so ``b^T w = <g0, J^T w>``, g0 the mean gradient) and ``a = c |g0|`` (Liu et al., NeurIPS
+    2021, the dual of ``max_d min_i <g_i, d>`` s.t. ``|d - g0| <= c |g0|``). Exact: Wolfe-style
+    active sets whose face minimisers have a closed form, finitely many steps (the official code
+    runs SLSQP, TorchJD an SOCP solver). The update's weights are then
+    ``1 / T + (a / |J^T w|) w`` (``mtlkernels.balance.CAGrad``). ``c = 0`` gives the vertex of
+    smallest ``<g0, g_i>``; all-zero G gives ``e_0``.
+
+    Args:
+        gram: ``[T, T]`` or ``[N, T, T]`` float64.
+        c: the radius of the ball around g0, relative to ``|g0|`` (>= 0).
+        backend: ``"native"``, ``"reference"`` or None.
+    """
+    op = "cagrad_weights"
+    single = _check_gram(op, gram)
+    if not (isinstance(c, (int, float)) and math.isfinite(c) and c >= 0):
+        raise ValueError(f"{op}: c must be finite and >= 0, got {c}")
+    which = _resolve(op, backend, gram.device)
+    g = _batched(gram, single)
+    if which == "native":
+        w = torch.ops.mtlk.cagrad_weights(g, float(c))
+    else:
+        if _check_values(which):
+            _check_gram_values(op, g)
+        w = _ref.cagrad_weights(g.detach(), float(c))
+    return w.squeeze(0) if single else w

@@ -396,3 +396,50 @@ def _dual_cone_z(G: Tensor, u: Tensor, scale: float) -> Tensor:
         if stuck:
             break
     return z
+
+
+def cagrad_weights(gram: Tensor, c: float) -> Tensor:
+    """CAGrad's dual weights ``[N, T]``, ``argmin_{w in simplex} b^T w + a |J^T w|`` (b = G 1 / T,
+    a = c |g0|), by a route independent of ``mtlk::cagrad_solve``: at the optimum with
+    ``r = |J^T w| > 0`` the weights also minimise ``b^T w + a/(2r) w^T G w``, whose minimiser is the
+    min-norm point of the shifted gradients ``g_i + g0 / t`` (``t = a / r``); so bisect on
+    ``log t`` for the fixed point ``t |J^T w(t)| = a``, each ``w(t)`` an exact min-norm solve."""
+    N, T, _ = gram.shape
+    out = torch.zeros(N, T, dtype=torch.float64, device=gram.device)
+    for n in range(N):
+        G = gram[n].detach().cpu().double()
+        scale = float(G.diagonal().max()) if T else 0.0
+        if T == 0:
+            continue
+        if not scale > 0.0:
+            out[n, 0] = 1.0
+            continue
+        G = G / scale
+        b = G.sum(1) / T
+        a = c * math.sqrt(max(float(G.sum()), 0.0)) / T
+        if a == 0.0:
+            out[n, int(torch.argmin(b))] = 1.0
+            continue
+
+        def w_of(t: float) -> Tensor:
+            shifted = G + (b[:, None] + b[None, :]) / t + float(b.sum()) / T / t ** 2
+            return min_norm_weights(shifted[None])[0]
+
+        def h(t: float) -> float:
+            w = w_of(t)
+            return t * math.sqrt(max(float(w @ G @ w), 0.0)) - a
+
+        lo, hi = math.log(1e-12), math.log(1e12)
+        if h(math.exp(hi)) <= 0.0:  # |J^T w| -> 0: a Pareto-stationary point
+            out[n] = w_of(math.exp(hi))
+            continue
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            if h(math.exp(mid)) > 0.0:
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo < 1e-13:
+                break
+        out[n] = w_of(math.exp((lo + hi) / 2))
+    return out

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from mtlkernels.balance import EW, IMTLG, AlignedMTL, MGDA, PCGrad, PELTR, GradVac
+from mtlkernels.balance import EW, IMTLG, MGDA, PELTR, AlignedMTL, CAGrad, DualProj, GradVac, PCGrad, UPGrad
 from mtlkernels.balance.random_order import TaskOrder
 from mtlkernels.reference.solvers import gradvac_full, pcgrad_full
 
@@ -106,7 +106,8 @@ def test_orders_follow_torch_manual_seed_unless_a_seed_is_given(make):
 
 @pytest.mark.parametrize("make", [lambda: PCGrad(seed=0), lambda: GradVac(seed=0), lambda: GradVac(ema="torchjd", seed=0),
                                   lambda: MGDA(), lambda: MGDA("loss+"), lambda: PELTR([0.1, 0.1, 0.1]),
-                                  lambda: IMTLG(), lambda: AlignedMTL()])
+                                  lambda: IMTLG(), lambda: AlignedMTL(), lambda: UPGrad(), lambda: DualProj(),
+                                  lambda: CAGrad()])
 def test_each_gram_aggregation_compiles_fullgraph_and_matches_eager(make):
     """No host generator, no read-back: the weights (and the state they advance: orders,
     GradVac targets) come out of one compiled graph, step after step."""

@@ -121,7 +121,10 @@ def test_solvers_match_the_cpu_kernels(T):
              (lambda g, o, t, lb: S.gradvac_weights(g, o, t, 0.5, backend="native")[1], 1e-12),
              (lambda g, o, t, lb: S.mgda_weights(g, backend="native"), 1e-9),
              (lambda g, o, t, lb: S.min_norm_weights(g, backend="native"), 1e-9),
-             (lambda g, o, t, lb: S.peltr_weights(g, lb, backend="native"), 1e-9)]
+             (lambda g, o, t, lb: S.peltr_weights(g, lb, backend="native"), 1e-9),
+             (lambda g, o, t, lb: S.cagrad_weights(g, 0.5, backend="native"), 1e-9),
+             (lambda g, o, t, lb: S.dual_cone_weights(g + 1e-3 * torch.eye(T, dtype=F64, device=g.device),
+                                                      torch.diag_embed(lb), backend="native"), 1e-9)]
     for fn, tol in cases:
         cpu = fn(G, order, target, lower)
         gpu = fn(G.to(CUDA), order.to(CUDA), target.to(CUDA), lower.to(CUDA))
@@ -142,4 +145,22 @@ def test_a_model_step_on_the_gpu_matches_the_cpu(make):
     gpu_grads = torch.autograd.grad(gpu_out.square().sum(), list(model.parameters()))
     torch.testing.assert_close(gpu_out.cpu(), cpu_out, rtol=1e-9, atol=1e-10)
     for a, b in zip(gpu_grads, cpu_grads):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("T", [2, 4])
+def test_per_task_backward_of_a_model_matches_the_cpu(T):
+    """is_grads_batched through gate_mix and grouped_mlp on the GPU (their [N, ...] task-gradient
+    backward: one launch per task for gate_mix, one product over the groups for grouped_mlp)."""
+    from mtlkernels.balance import task_gradients
+    if not _extension.native_available() or not _extension.native_has_kernel("gate_mix", "cuda"):
+        pytest.skip("mtlkernels._C built without CUDA")
+    torch.manual_seed(T)
+    model = mnn.MMoE(24, T, 4, (32, 16), (8,)).double()
+    x = torch.randn(96, 24, dtype=F64)
+    params = list(model.shared_parameters())
+    cpu = task_gradients(model(x).square().mean(0), params)
+    model = model.to(CUDA)
+    gpu = task_gradients(model(x.to(CUDA)).square().mean(0), list(model.shared_parameters()))
+    for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-10)

@@ -27,6 +27,9 @@
 //   peltr    (Lin et al., RecSys 2019, PECsolver): relaxed KKT solve of
 //            min ||J^T w||^2 s.t. sum w = 1 (w = what + c), minimum-norm (pseudo-inverse)
 //            solution, then Euclidean projection of what onto {v >= 0, sum v = 1 - sum c}.
+//   cagrad   (Liu et al., NeurIPS 2021): the dual w = argmin_{w in simplex} b^T w + a sqrt(w^T G w),
+//            b = G 1 / T, a = c |g0| (g0 the mean gradient), by Wolfe-style active sets whose
+//            face minimisers have a closed form (two bordered solves), finite.
 //   dual_cone (Quinton & Rey 2024, Proposition 1; UPGrad and DualProj): v = argmin v^T G v
 //            subject to v >= u, whose J^T v is the projection of J^T u onto the dual cone
 //            {x : J x >= 0}. An active-set (Lawson-Hanson) solve on z = v - u >= 0: exact
@@ -71,6 +74,7 @@ MTLK_HOST_DEVICE int64_t mgda_scratch(int64_t T) { return T; }
 MTLK_HOST_DEVICE int64_t min_norm_scratch(int64_t T) { return (T + 2) * (T + 2) + 6 * (T + 2); }
 MTLK_HOST_DEVICE int64_t peltr_scratch(int64_t T) { return 2 * T * T + 6 * T; }
 MTLK_HOST_DEVICE int64_t dual_cone_scratch(int64_t T) { return T * T + 5 * T; }
+MTLK_HOST_DEVICE int64_t cagrad_scratch(int64_t T) { return (T + 1) * (T + 1) + 6 * (T + 1) + 3 * T; }
 
 MTLK_HOST_DEVICE double clamp0(double v) { return v > 0.0 ? v : 0.0; }
 
@@ -712,6 +716,204 @@ MTLK_HOST_DEVICE int dual_cone_solve(const double* G, const double* u, int64_t T
     }
   }
   for (int64_t k = 0; k < T; ++k) v[k] = u[k] + z[k];
+  return kSolverOk;
+}
+
+// Relative tolerances of cagrad_solve (as min_norm_solve's): an index enters when its gradient
+// is below the current point's by more than kCAGradOptTol times the gradient scale; a weight at
+// or below kCAGradPosTol leaves.
+constexpr double kCAGradOptTol = 1e-13;
+constexpr double kCAGradPosTol = 1e-14;
+
+// The two bordered solves of a CAGrad face S (s indices, as doubles) on Gn = G / scale:
+// [Gn_SS 1; 1^T 0] [p; .] = [0; 1] (p: the face's affine min-norm point) and
+// [Gn_SS 1; 1^T 0] [q; .] = [-bn_S; 0] (q: the linear term's direction in the face), by
+// Gaussian elimination with partial pivoting in M ((s + 1)^2). False when singular (the face's
+// gradients are affinely dependent).
+MTLK_HOST_DEVICE bool cagrad_face_solve(const double* G, int64_t T, const double* S, int64_t s, double scale,
+                                        const double* bn, double* M, double* p, double* q) {
+  const int64_t n = s + 1;
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < n; ++c) {
+      double v;
+      if (r < s && c < s) v = G[static_cast<int64_t>(S[r]) * T + static_cast<int64_t>(S[c])] / scale;
+      else v = (r == s && c == s) ? 0.0 : 1.0;
+      M[r * n + c] = v;
+    }
+    p[r] = r == s ? 1.0 : 0.0;
+    q[r] = r == s ? 0.0 : -bn[static_cast<int64_t>(S[r])];
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    int64_t piv = k;
+    for (int64_t r = k + 1; r < n; ++r) piv = fabs(M[r * n + k]) > fabs(M[piv * n + k]) ? r : piv;
+    if (!(fabs(M[piv * n + k]) > 1e-14)) return false;
+    if (piv != k) {
+      for (int64_t c = 0; c < n; ++c) {
+        const double t = M[k * n + c];
+        M[k * n + c] = M[piv * n + c];
+        M[piv * n + c] = t;
+      }
+      double t = p[k];
+      p[k] = p[piv];
+      p[piv] = t;
+      t = q[k];
+      q[k] = q[piv];
+      q[piv] = t;
+    }
+    for (int64_t r = k + 1; r < n; ++r) {
+      const double f = M[r * n + k] / M[k * n + k];
+      for (int64_t c = k; c < n; ++c) M[r * n + c] -= f * M[k * n + c];
+      p[r] -= f * p[k];
+      q[r] -= f * q[k];
+    }
+  }
+  for (int64_t k = n - 1; k >= 0; --k) {
+    double vp = p[k], vq = q[k];
+    for (int64_t c = k + 1; c < n; ++c) {
+      vp -= M[k * n + c] * p[c];
+      vq -= M[k * n + c] * q[c];
+    }
+    p[k] = vp / M[k * n + k];
+    q[k] = vq / M[k * n + k];
+  }
+  return true;
+}
+
+// CAGrad's dual weights of one problem: w [T] out (in the simplex), scratch cagrad_scratch(T).
+// Minimises f(w) = b^T w + a |J^T w| with b = G 1 / T and a = c sqrt(1^T G 1) / T (c >= 0), on
+// G / max_k G_kk (the minimiser does not depend on the scale). Wolfe-style: start at the best
+// vertex; a major cycle adds the index of smallest gradient (b + a G w / |J^T w|)_j if it beats
+// the current point's; a minor cycle moves to the face's minimiser, which has the closed form
+// w = p + (r / a) q with r^2 = p^T G p / (1 + b^T q / a^2) (cagrad_face_solve), or, when
+// 1 + b^T q / a^2 <= 0 (f unbounded below along q on the face's affine hull), along q; stepping
+// back to the boundary and dropping an index whenever the move leaves the simplex. Stops at a
+// point with J^T w = 0 (Pareto stationary) or when a face is affinely dependent.
+MTLK_HOST_DEVICE int cagrad_solve(const double* G, int64_t T, double c, double* w, double* scratch) {
+  for (int64_t k = 0; k < T; ++k) w[k] = 0.0;
+  if (!all_finite(G, T * T)) return kSolverNonFiniteGram;
+  if (T <= 0) return kSolverOk;
+  double scale = 0.0;
+  for (int64_t k = 0; k < T; ++k) scale = G[k * T + k] > scale ? G[k * T + k] : scale;
+  double* M = scratch;                   // (T + 1)^2
+  double* S = M + (T + 1) * (T + 1);     // face indices (as doubles), T + 1
+  double* lam = S + (T + 1);             // face weights
+  double* p = lam + (T + 1);             // bordered solutions
+  double* q = p + (T + 1);
+  double* target = q + (T + 1);
+  double* dir = target + (T + 1);
+  double* bn = dir + (T + 1);            // b / scale, T
+  double* Gw = bn + T;                   // Gn w, T
+  double* grad = Gw + T;                 // the gradient of f, T
+  if (!(scale > 0.0)) {  // all gradients zero: any weights
+    w[0] = 1.0;
+    return kSolverOk;
+  }
+  double total = 0.0;
+  for (int64_t i = 0; i < T; ++i) {
+    double v = 0.0;
+    for (int64_t j = 0; j < T; ++j) v += G[i * T + j];
+    bn[i] = v / (static_cast<double>(T) * scale);
+    total += v;
+  }
+  const double a = c * sqrt(total > 0.0 ? total / scale : 0.0) / static_cast<double>(T);
+  int64_t first = 0;  // the best vertex: f(e_i) = b_i + a |g_i|
+  for (int64_t i = 1; i < T; ++i) {
+    const double fi = bn[i] + a * sqrt(G[i * T + i] / scale);
+    const double f0 = bn[first] + a * sqrt(G[first * T + first] / scale);
+    first = fi < f0 ? i : first;
+  }
+  int64_t s = 1;
+  S[0] = static_cast<double>(first);
+  lam[0] = 1.0;
+  for (int64_t major = 0; major < 4 * T + 4 && a > 0.0; ++major) {
+    double r2 = 0.0;
+    for (int64_t j = 0; j < T; ++j) {
+      double v = 0.0;
+      for (int64_t i = 0; i < s; ++i) v += G[j * T + static_cast<int64_t>(S[i])] / scale * lam[i];
+      Gw[j] = v;
+    }
+    for (int64_t i = 0; i < s; ++i) r2 += lam[i] * Gw[static_cast<int64_t>(S[i])];
+    if (!(r2 > 0.0)) break;  // J^T w = 0: Pareto stationary
+    const double r = sqrt(r2);
+    double gw = 0.0, gmax = 0.0;
+    for (int64_t j = 0; j < T; ++j) {
+      grad[j] = bn[j] + a * Gw[j] / r;
+      gmax = fabs(grad[j]) > gmax ? fabs(grad[j]) : gmax;
+    }
+    for (int64_t i = 0; i < s; ++i) gw += lam[i] * grad[static_cast<int64_t>(S[i])];
+    int64_t enter = 0;
+    for (int64_t j = 1; j < T; ++j) enter = grad[j] < grad[enter] ? j : enter;
+    if (!(grad[enter] < gw - kCAGradOptTol * (gmax + a))) break;  // optimal
+    bool member = false;
+    for (int64_t i = 0; i < s; ++i) member = member || static_cast<int64_t>(S[i]) == enter;
+    if (member || s == T) break;
+    S[s] = static_cast<double>(enter);
+    lam[s] = 0.0;
+    ++s;
+    bool stuck = false;
+    for (int64_t minor = 0; minor < T + 2; ++minor) {
+      if (!cagrad_face_solve(G, T, S, s, scale, bn, M, p, q)) {  // affinely dependent: undo the entry
+        stuck = true;
+        --s;
+        break;
+      }
+      double pp = 0.0, bq = 0.0;
+      for (int64_t i = 0; i < s; ++i) {
+        bq += bn[static_cast<int64_t>(S[i])] * q[i];
+        for (int64_t k = 0; k < s; ++k)
+          pp += p[i] * p[k] * G[static_cast<int64_t>(S[i]) * T + static_cast<int64_t>(S[k])] / scale;
+      }
+      const double den = 1.0 + bq / (a * a);
+      const bool bounded = den > 0.0;
+      if (bounded) {
+        const double rf = sqrt((pp > 0.0 ? pp : 0.0) / den);
+        bool inside = true;
+        for (int64_t i = 0; i < s; ++i) {
+          target[i] = p[i] + rf / a * q[i];
+          dir[i] = target[i] - lam[i];
+          inside = inside && target[i] > kCAGradPosTol;
+        }
+        if (inside) {
+          for (int64_t i = 0; i < s; ++i) lam[i] = target[i];
+          break;
+        }
+      } else {
+        for (int64_t i = 0; i < s; ++i) dir[i] = q[i];
+      }
+      double theta = bounded ? 1.0 : INFINITY;  // the largest step along dir that stays in the simplex
+      for (int64_t i = 0; i < s; ++i) {
+        if (dir[i] < 0.0) {
+          const double t = lam[i] / -dir[i];
+          theta = t < theta ? t : theta;
+        }
+      }
+      if (!(theta < INFINITY)) {
+        stuck = true;
+        break;
+      }
+      double sum = 0.0;
+      int64_t kept = 0;
+      for (int64_t i = 0; i < s; ++i) {
+        const double v = lam[i] + theta * dir[i];
+        if (v > kCAGradPosTol) {
+          S[kept] = S[i];
+          lam[kept] = v;
+          sum += v;
+          ++kept;
+        }
+      }
+      if (kept == 0) {
+        S[0] = static_cast<double>(enter);
+        lam[0] = 1.0;
+        kept = 1;
+        sum = 1.0;
+      }
+      s = kept;
+      for (int64_t i = 0; i < s; ++i) lam[i] /= sum;
+    }
+    if (stuck) break;
+  }
+  for (int64_t i = 0; i < s; ++i) w[static_cast<int64_t>(S[i])] += lam[i];
   return kSolverOk;
 }
 
