@@ -12,7 +12,7 @@ from mtlkernels.data.errors import DataError
 
 MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "esmm", "esm2", "aitm")
 METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g",
-           "aligned-mtl", "upgrad", "dualproj", "cagrad")
+           "aligned-mtl", "upgrad", "dualproj", "cagrad", "nash-mtl")
 #: methods that take the task gradients at the shared representation (MGDA-UB style)
 REPRESENTATION_METHODS = ("mgda-ub",)
 
@@ -125,6 +125,8 @@ def build_method(name: str, model: mnn.WithFeatures, num_tasks: int, s: dict[str
         return balance.DualProj()
     if name == "cagrad":
         return balance.CAGrad()
+    if name == "nash-mtl":
+        return balance.NashMTL()
     if name in ("mgda", "mgda-ub"):
         return balance.MGDA("loss+")
     if name == "pe-ltr":

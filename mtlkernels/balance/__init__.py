@@ -18,11 +18,12 @@ from mtlkernels.balance.gradvac import GradVac
 from mtlkernels.balance.imtl import IMTLG
 from mtlkernels.balance.jacobian import task_gradients
 from mtlkernels.balance.mgda import MGDA
+from mtlkernels.balance.nash_mtl import NashMTL
 from mtlkernels.balance.pcgrad import PCGrad
 from mtlkernels.balance.peltr import PELTR
 from mtlkernels.balance.rlw import RLW
 from mtlkernels.balance.upgrad import UPGrad
 from mtlkernels.balance.uw import UncertaintyWeighting
 
-__all__ = ["aggregate", "AlignedMTL", "CAGrad", "DualProj", "DWA", "EW", "GradNorm", "GradVac", "IMTLG", "MGDA", "PCGrad",
-           "PELTR", "RLW", "UPGrad", "UncertaintyWeighting", "task_gradients"]
+__all__ = ["aggregate", "AlignedMTL", "CAGrad", "DualProj", "DWA", "EW", "GradNorm", "GradVac", "IMTLG", "MGDA",
+           "NashMTL", "PCGrad", "PELTR", "RLW", "UPGrad", "UncertaintyWeighting", "task_gradients"]
