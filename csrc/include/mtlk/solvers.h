@@ -314,6 +314,32 @@ MTLK_HOST_DEVICE bool corral_affine_min(const double* G, int64_t T, const double
   return true;  // alpha[0..s) the weights, alpha[s] = -mu
 }
 
+// One step of a corral (s weights lam on the indices S, as doubles) by theta * dir: the entries
+// at or below pos_tol leave, the rest are renormalised to sum 1 (a corral emptied by rounding
+// keeps `enter` alone). Returns the new size. Shared by min_norm_solve and cagrad_solve.
+MTLK_HOST_DEVICE int64_t corral_step(double* S, double* lam, const double* dir, int64_t s, double theta,
+                                     double pos_tol, int64_t enter) {
+  double total = 0.0;
+  int64_t kept = 0;
+  for (int64_t i = 0; i < s; ++i) {
+    const double v = lam[i] + theta * dir[i];
+    if (v > pos_tol) {
+      S[kept] = S[i];
+      lam[kept] = v;
+      total += v;
+      ++kept;
+    }
+  }
+  if (kept == 0) {  // cannot happen in exact arithmetic
+    S[0] = static_cast<double>(enter);
+    lam[0] = 1.0;
+    kept = 1;
+    total = 1.0;
+  }
+  for (int64_t i = 0; i < kept; ++i) lam[i] /= total;
+  return kept;
+}
+
 // Exact min-norm weights of one problem (w [T] out, scratch min_norm_scratch(T)): Wolfe's
 // algorithm. Start at the shortest gradient (first on ties); a major cycle adds the gradient
 // with the smallest <g_j, x>, if it lowers the norm; minor cycles move to the corral's affine
@@ -378,25 +404,8 @@ MTLK_HOST_DEVICE int min_norm_solve(const double* G, int64_t T, double* w, doubl
           theta = t < theta ? t : theta;
         }
       }
-      double total = 0.0;
-      int64_t kept = 0;
-      for (int64_t i = 0; i < s; ++i) {
-        const double v = lam[i] + theta * (alpha[i] - lam[i]);
-        if (v > kMinNormPosTol) {
-          S[kept] = S[i];
-          lam[kept] = v;
-          total += v;
-          ++kept;
-        }
-      }
-      if (kept == 0) {  // cannot happen in exact arithmetic; keep the entered gradient
-        S[0] = static_cast<double>(enter);
-        lam[0] = 1.0;
-        kept = 1;
-        total = 1.0;
-      }
-      s = kept;
-      for (int64_t i = 0; i < s; ++i) lam[i] /= total;
+      for (int64_t i = 0; i < s; ++i) alpha[i] -= lam[i];  // the direction
+      s = corral_step(S, lam, alpha, s, theta, kMinNormPosTol, enter);
     }
     if (stuck) break;
   }
@@ -891,25 +900,7 @@ MTLK_HOST_DEVICE int cagrad_solve(const double* G, int64_t T, double c, double* 
         stuck = true;
         break;
       }
-      double sum = 0.0;
-      int64_t kept = 0;
-      for (int64_t i = 0; i < s; ++i) {
-        const double v = lam[i] + theta * dir[i];
-        if (v > kCAGradPosTol) {
-          S[kept] = S[i];
-          lam[kept] = v;
-          sum += v;
-          ++kept;
-        }
-      }
-      if (kept == 0) {
-        S[0] = static_cast<double>(enter);
-        lam[0] = 1.0;
-        kept = 1;
-        sum = 1.0;
-      }
-      s = kept;
-      for (int64_t i = 0; i < s; ++i) lam[i] /= sum;
+      s = corral_step(S, lam, dir, s, theta, kCAGradPosTol, enter);
     }
     if (stuck) break;
   }
