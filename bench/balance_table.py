@@ -23,7 +23,10 @@ from mtlkernels import balance  # noqa: E402
 from mtlkernels import nn as mnn  # noqa: E402
 from mtlkernels.ops import combine_, gram  # noqa: E402
 
-METHODS = {"PCGrad": lambda: balance.PCGrad(), "GradVac": lambda: balance.GradVac(), "MGDA": lambda: balance.MGDA()}
+METHODS = {"PCGrad": lambda: balance.PCGrad(), "GradVac": lambda: balance.GradVac(), "MGDA": lambda: balance.MGDA(),
+           "IMTL-G": lambda: balance.IMTLG(), "Aligned-MTL": lambda: balance.AlignedMTL(),
+           "UPGrad": lambda: balance.UPGrad(), "DualProj": lambda: balance.DualProj(),
+           "CAGrad": lambda: balance.CAGrad(), "Nash-MTL": lambda: balance.NashMTL()}
 
 
 def with_backend(name: str | None):
@@ -78,22 +81,27 @@ def solver_table(Ts, reps):
     from mtlkernels.ops import solvers
 
     print("\n## T x T solvers alone (us per call, N = 1, median)\n")
-    print("| T | pcgrad | gradvac | mgda (Frank-Wolfe) | min_norm (exact) | peltr |")
-    print("|---|---|---|---|---|---|")
+    names = ("pcgrad", "gradvac", "mgda", "min_norm", "peltr", "cagrad", "dual_cone (UPGrad, T problems)")
+    print("| T | pcgrad | gradvac | mgda (Frank-Wolfe) | min_norm (exact) | peltr | cagrad | dual_cone (UPGrad) |")
+    print("|---|---|---|---|---|---|---|---|")
     for T in Ts:
         J = torch.randn(T, 64, dtype=torch.float64)
         G = J @ J.T
         order = torch.stack([torch.randperm(T) for _ in range(T)])
         target = torch.zeros(T, T, dtype=torch.float64)
         c = torch.zeros(T, dtype=torch.float64)
+        Greg = G / G.trace() + 1e-4 * torch.eye(T, dtype=torch.float64)
+        U = torch.eye(T, dtype=torch.float64) / T
         t = interleaved_medians({
             "pcgrad": lambda: solvers.pcgrad_weights(G, order),
             "gradvac": lambda: solvers.gradvac_weights(G, order, target, 0.5),
             "mgda": lambda: solvers.mgda_weights(G),
             "min_norm": lambda: solvers.min_norm_weights(G),
             "peltr": lambda: solvers.peltr_weights(G, c),
+            "cagrad": lambda: solvers.cagrad_weights(G, 0.5),
+            "dual_cone (UPGrad, T problems)": lambda: solvers.dual_cone_weights(Greg, U),
         }, reps=max(reps * 40, 200))
-        print(f"| {T} | " + " | ".join(f"{t[k] * 1e6:.1f}" for k in ("pcgrad", "gradvac", "mgda", "min_norm", "peltr")) + " |")
+        print(f"| {T} | " + " | ".join(f"{t[k] * 1e6:.1f}" for k in names) + " |")
 
 
 def step_table(reps):
@@ -118,8 +126,21 @@ def step_table(reps):
             opt.step()
         return step
 
+    def make_famo_step(method):
+        def step():
+            opt.zero_grad(set_to_none=True)
+            losses = bce(model(x), y, reduction="none").mean(0)
+            method.backward(losses, model)
+            opt.step()
+            with torch.no_grad():
+                method.after_step(bce(model(x), y, reduction="none").mean(0))
+        return step
+
     steps = {"EW": make_step(balance.EW(), False), "PCGrad": make_step(balance.PCGrad(), False),
-             "MGDA": make_step(balance.MGDA(), False), "MGDA-UB (representation)": make_step(balance.MGDA(), True),
+             "MGDA": make_step(balance.MGDA(), False), "UPGrad": make_step(balance.UPGrad(), False),
+             "CAGrad": make_step(balance.CAGrad(), False), "Nash-MTL": make_step(balance.NashMTL(), False),
+             "FAMO (+ its extra forward)": make_famo_step(balance.FAMO(4)),
+             "MGDA-UB (representation)": make_step(balance.MGDA(), True),
              "PCGrad (representation)": make_step(balance.PCGrad(), True)}
     t = interleaved_medians(steps, reps=reps, warmup=1)
     print("| method | ms | / EW |")

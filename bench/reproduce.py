@@ -24,7 +24,7 @@ from mtlkernels.train import Trainer
 
 MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "aitm")
 METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g",
-           "aligned-mtl", "upgrad", "dualproj", "cagrad", "nash-mtl")
+           "aligned-mtl", "upgrad", "dualproj", "cagrad", "nash-mtl", "famo")
 SYNTHETIC = {"rows": 30_000}
 #: the MMoE paper's small networks on the raw inputs (no piecewise-linear encoding)
 SYNTHETIC_MODEL = {"expert_hidden": [16], "tower_hidden": [8], "experts": 8, "bottom_hidden": [64],

@@ -12,7 +12,7 @@ from mtlkernels.data.errors import DataError
 
 MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "esmm", "esm2", "aitm")
 METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g",
-           "aligned-mtl", "upgrad", "dualproj", "cagrad", "nash-mtl")
+           "aligned-mtl", "upgrad", "dualproj", "cagrad", "nash-mtl", "famo")
 #: methods that take the task gradients at the shared representation (MGDA-UB style)
 REPRESENTATION_METHODS = ("mgda-ub",)
 
@@ -50,7 +50,8 @@ def check_model_fits(name: str, schema) -> None:
 def build_model(name: str, features: mnn.FeatureSchema, schema, s: dict[str, Any]) -> mnn.WithFeatures:
     """The model ``name`` fed by a ``FeatureEmbedding`` of ``features``, for the tasks of the data
     ``schema``. Settings used: ``experts``, ``expert_hidden``, ``tower_hidden``, ``bottom_hidden``,
-    ``task_experts``, ``shared_experts``, ``levels``, ``dselect_k``, ``dropout``, ``batch_norm``. AITM gets its
+    ``task_experts``, ``shared_experts``, ``levels``, ``dselect_k``, ``dselect_gates``, ``dselect_entropy``,
+    ``dropout``, ``batch_norm``. AITM gets its
     behavioural calibrator (alpha 0.6) only when the tasks form a funnel (``is_funnel``); on other
     tasks (Census' income, never_married) it keeps the information transfer and drops the
     calibrator, whose premise (a later step is never likelier) does not hold there."""
@@ -69,7 +70,8 @@ def build_model(name: str, features: mnn.FeatureSchema, schema, s: dict[str, Any
     elif name == "dselect-k":
         if s["dselect_k"] > s["experts"]:
             raise ConfigError(f"--dselect-k {s['dselect_k']}: more selected experts than --experts {s['experts']}")
-        model = mnn.DSelectK(d, num_tasks, s["experts"], s["dselect_k"], s["expert_hidden"], s["tower_hidden"], **kw)
+        model = mnn.DSelectK(d, num_tasks, s["experts"], s["dselect_k"], s["expert_hidden"], s["tower_hidden"],
+                             per_example=s["dselect_gates"] == "per-example", entropy_weight=s["dselect_entropy"], **kw)
     elif name == "esmm":
         model = mnn.ESMM(d, s["bottom_hidden"], **kw)
     elif name == "esm2":
@@ -127,6 +129,8 @@ def build_method(name: str, model: mnn.WithFeatures, num_tasks: int, s: dict[str
         return balance.CAGrad()
     if name == "nash-mtl":
         return balance.NashMTL()
+    if name == "famo":
+        return balance.FAMO(num_tasks)
     if name in ("mgda", "mgda-ub"):
         return balance.MGDA("loss+")
     if name == "pe-ltr":

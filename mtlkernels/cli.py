@@ -106,6 +106,8 @@ TRAIN_FLAGS = {
     "dense_bins": (nonnegative_int, "piecewise-linear quantile bins per dense column (0: none)"),
     "experts": (positive_int, "experts (MMoE, OMoE, DSelect-k)"),
     "dselect_k": (positive_int, "experts each DSelect-k gate selects (default 2)"),
+    "dselect_gates": (str, "DSelect-k gates: per-example (default) | static (one selection per task)"),
+    "dselect_entropy": (float, "weight of DSelect-k's entropy regulariser (default 1e-6; 0.1 binarises static gates)"),
     "expert_hidden": (width_list, "expert widths, e.g. 256,128"),
     "tower_hidden": (width_list, "tower widths, e.g. 64"),
     "bottom_hidden": (width_list, "shared-bottom / entire-space tower widths"),

@@ -18,6 +18,7 @@ from mtlkernels.build import METHODS, MODELS, ConfigError
 
 BUILTIN_DATA = ("census", "census2", "synthetic", "recsys")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+DSELECT_GATES = ("per-example", "static")
 
 
 @dataclass
@@ -43,6 +44,8 @@ class TrainConfig:
     dense_bins: int = 16             # piecewise-linear quantile bins per dense column (0: the values alone)
     experts: int = 8
     dselect_k: int = 2               # experts each DSelect-k gate selects
+    dselect_gates: str = "per-example"  # per-example | static DSelect-k gates
+    dselect_entropy: float = 1e-6    # weight of DSelect-k's entropy regulariser
     expert_hidden: list = field(default_factory=lambda: [256, 128])
     tower_hidden: list = field(default_factory=lambda: [64])
     bottom_hidden: list = field(default_factory=lambda: [256, 128])
@@ -132,6 +135,10 @@ def check(c: TrainConfig) -> None:
         raise ConfigError(f"lr must be a number > 0, got {c.lr!r}")
     if not c.weight_decay >= 0:
         raise ConfigError(f"weight-decay must be a number >= 0, got {c.weight_decay!r}")
+    if c.dselect_gates not in DSELECT_GATES:
+        raise ConfigError(f"dselect-gates must be one of {', '.join(DSELECT_GATES)}, got {c.dselect_gates!r}")
+    if not (isinstance(c.dselect_entropy, (int, float)) and 0 <= c.dselect_entropy < float("inf")):
+        raise ConfigError(f"dselect-entropy must be a finite number >= 0, got {c.dselect_entropy!r}")
     if not 0 <= c.dropout < 1:
         raise ConfigError(f"dropout must be in [0, 1), got {c.dropout!r}")
     for name in ("expert_hidden", "tower_hidden", "bottom_hidden"):

@@ -187,6 +187,9 @@ class Trainer:
             raise TrainingError(f"epoch {self.position['epoch'] + 1}, step {self.position['step'] + 1}: {exc} "
                                 "(a smaller --lr may help; the checkpoints hold the last finished epoch)") from None
         self.optimizer.step()
+        if hasattr(self.method, "after_step"):  # FAMO: the same batch's losses after the update
+            with torch.no_grad():
+                self.method.after_step(self._forward(b)[0])
         if diagnose and G is None:
             G = self.method.last_gram
         return losses.detach(), weights.detach(), logits.detach(), G

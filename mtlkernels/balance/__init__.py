@@ -13,6 +13,7 @@ from mtlkernels.balance.cagrad import CAGrad
 from mtlkernels.balance.dualproj import DualProj
 from mtlkernels.balance.dwa import DWA
 from mtlkernels.balance.ew import EW
+from mtlkernels.balance.famo import FAMO
 from mtlkernels.balance.gradnorm import GradNorm
 from mtlkernels.balance.gradvac import GradVac
 from mtlkernels.balance.imtl import IMTLG
@@ -25,5 +26,5 @@ from mtlkernels.balance.rlw import RLW
 from mtlkernels.balance.upgrad import UPGrad
 from mtlkernels.balance.uw import UncertaintyWeighting
 
-__all__ = ["aggregate", "AlignedMTL", "CAGrad", "DualProj", "DWA", "EW", "GradNorm", "GradVac", "IMTLG", "MGDA",
-           "NashMTL", "PCGrad", "PELTR", "RLW", "UPGrad", "UncertaintyWeighting", "task_gradients"]
+__all__ = ["aggregate", "AlignedMTL", "CAGrad", "DualProj", "DWA", "EW", "FAMO", "GradNorm", "GradVac", "IMTLG",
+           "MGDA", "NashMTL", "PCGrad", "PELTR", "RLW", "UPGrad", "UncertaintyWeighting", "task_gradients"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mtlkernels import _extension
@@ -36,6 +36,7 @@ def jacobian(T: int, P: int, rank: int, seed: int, conflict: bool) -> torch.Tens
 @settings(max_examples=40, deadline=None)
 @given(T=st.integers(2, 12), rank=st.integers(1, 12), seed=st.integers(0, 10_000), conflict=st.booleans(),
        c=st.sampled_from([0.1, 0.4, 0.5, 0.9, 2.0]))
+@example(T=2, rank=1, seed=38, conflict=True, c=2.0)  # opposite gradients: the optimum at |J^T w| ~ 0
 def test_native_solver_equals_an_independent_solve_and_beats_random_points(T, rank, seed, conflict, c):
     """The reference finds the optimum another way (a bisection over exact min-norm solves of
     the shifted gradients); the objective agrees to rounding."""
@@ -45,9 +46,11 @@ def test_native_solver_equals_an_independent_solve_and_beats_random_points(T, ra
     ref = cagrad_weights(G, c, backend="reference")
     assert (w >= 0).all() and abs(float(w.sum()) - 1) < 1e-12
     scale = float(G.diagonal().max())
-    assert objective(G, w, c) <= objective(G, ref, c) + 1e-11 * scale
+    # near a Pareto-stationary point |J^T w| = sqrt(w'Gw) is known only to sqrt(rounding)
+    tol = 1e-11 * scale + 1e-7 * c * scale ** 0.5
+    assert objective(G, w, c) <= objective(G, ref, c) + tol
     rand = torch.distributions.Dirichlet(torch.ones(T, dtype=F64)).sample((200,))
-    assert all(objective(G, w, c) <= objective(G, r, c) + 1e-12 * scale for r in rand)
+    assert all(objective(G, w, c) <= objective(G, r, c) + tol for r in rand)
 
 
 @native

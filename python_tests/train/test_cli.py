@@ -44,6 +44,8 @@ def one_line_error(capsys, argv, match):
     (["train", "--method", "magic"], "method must be one of"),
     (["train", "--optimizer", "lion"], "optimizer must be one of"),
     (["train", "--dropout", "1.5"], "dropout must be in [0, 1)"),
+    (["train", "--dselect-gates", "sparse"], "dselect-gates must be one of per-example, static"),
+    (["train", "--dselect-entropy", "-1"], "dselect-entropy must be a finite number >= 0"),
     (["train", "--data", "no/such/file.csv"], "no such file"),
     (["train", "--config", "no/such.toml"], "--config no/such.toml: no such file"),
     (["train", "--resume", "no/such/run"], "no last checkpoint"),

@@ -76,7 +76,8 @@ def test_same_seed_same_run_other_seed_other_run():
     assert a["final"] != c["final"]
 
 
-@pytest.mark.parametrize("method,stop_at", [("pcgrad", 5), ("dwa", 12), ("gradnorm", 16), ("uw", 1)])
+@pytest.mark.parametrize("method,stop_at", [("pcgrad", 5), ("dwa", 12), ("gradnorm", 16), ("uw", 1), ("famo", 7),
+                                            ("nash-mtl", 9)])
 def test_ctrl_c_then_resume_is_bit_exact(method, stop_at, tmp_path, monkeypatch):
     """An interrupted run (a real SIGINT in the middle of a step) resumed from its last
     checkpoint ends with exactly the metrics and weights of an uninterrupted run."""
@@ -227,3 +228,11 @@ def test_gradnorm_balances_at_a_shared_layer_of_every_ple():
         assert chosen <= {id(p) for p in model.shared_parameters()}
         if shared == 0:
             assert chosen == {id(features.table)}
+
+
+def test_dselect_k_gate_settings_reach_the_model():
+    t = Trainer(config(model="dselect-k", dselect_gates="static", dselect_entropy=0.1, epochs=1))
+    model = t.model.model
+    assert model.gates.z is not None and model.entropy_weight == 0.1  # static: one selection per task
+    t = Trainer(config(model="dselect-k", epochs=1))
+    assert t.model.model.gates.z is None and t.model.model.entropy_weight == 1e-6

@@ -1,0 +1,152 @@
+"""mtlkernels against the libraries users would otherwise pick, on the same work in the same run:
+markdown tables of median times (interleaved runs), ratios, and an agreement column, so that
+speed is never bought with a different answer.
+
+    PYTHONPATH=<peer dir> python bench/compare.py [--sections aggregation] [--P 1e5 1e6 1e7]
+        [--T 2 4 8 16] [--threads 1 2] [--reps 5]
+
+Peers (install next to torch 2.13.0 CPU without their dependencies, which would pull another
+torch): ``pip install --target DIR --no-deps torchjd==0.18.0 qpsolvers quadprog cvxpy clarabel ecos
+osqp scs qdldl``. A missing peer is reported, not fatal.
+
+Sections:
+
+- ``aggregation``: the update of a given J ``[T, P]`` (float32, as training computes it) by each
+  method: ours (Gram + T x T solver + combine written into an existing ``.grad``-sized buffer, as
+  in a training loop after its first step) against TorchJD's aggregator ``A(J)`` (its output a
+  fresh tensor; the allocator kept steady so it costs no page faults). Agreement: the relative
+  difference of the two updates on a float64 J ``[T, 20000]``, with the same task orders for
+  PCGrad and GradVac, TorchJD's GradVac EMA rule, scale conventions aligned. MGDA differs by
+  definition (ours solves the min-norm problem exactly, TorchJD runs Frank-Wolfe): its column is
+  ``w'Gw`` of TorchJD's weights over ours, the excess of its objective.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import ensure_steady_malloc, interleaved_medians, matmul_rate  # noqa: E402
+
+from mtlkernels import balance  # noqa: E402
+from mtlkernels.ops import combine_, gram  # noqa: E402
+from mtlkernels.ops.solvers import gradvac_weights, pcgrad_weights  # noqa: E402
+
+try:
+    from torchjd import aggregation as tjd
+except ImportError as exc:  # a bench: say what is missing and go on
+    tjd = None
+    TORCHJD_MISSING = str(exc)
+
+
+def read_bandwidth() -> float:
+    x = torch.randn(50_000_000)
+    return x.numel() * 4 / interleaved_medians({"sum": lambda: x.sum()}, reps=7)["sum"]
+
+
+def torchjd_orders(T: int, seed: int, skip_self_first: bool) -> torch.Tensor:
+    """The task orders TorchJD's PCGrad (a permutation of all tasks per task) or GradVac (a
+    permutation of the others) draws after ``torch.manual_seed(seed)``, in our ``[T, T]`` form."""
+    torch.manual_seed(seed)
+    rows = []
+    for i in range(T):
+        if skip_self_first:
+            others = [j for j in range(T) if j != i]
+            rows.append([others[k] for k in torch.randperm(T - 1).tolist()] + [i])
+        else:
+            rows.append(torch.randperm(T).tolist())
+    return torch.tensor(rows)
+
+
+#: name -> (our method, TorchJD's aggregator factory, our update's scale over TorchJD's)
+def pairs():
+    return {
+        "PCGrad": (balance.PCGrad, lambda T: tjd.PCGrad(), 1),
+        "GradVac": (lambda: balance.GradVac(ema="torchjd"), lambda T: tjd.GradVac(), 1),
+        "MGDA": (balance.MGDA, lambda T: tjd.MGDA(), 1),
+        "UPGrad": (balance.UPGrad, lambda T: tjd.UPGrad(), 1),
+        "DualProj": (balance.DualProj, lambda T: tjd.DualProj(), 1),
+        "IMTL-G": (balance.IMTLG, lambda T: tjd.IMTLG(), 1),
+        "Aligned-MTL": (balance.AlignedMTL, lambda T: tjd.AlignedMTL(), "T"),
+        "CAGrad": (lambda: balance.CAGrad(0.5, rescale=0), lambda T: tjd.CAGrad(c=0.5), 1),
+        "Nash-MTL": (balance.NashMTL, lambda T: tjd.NashMTL(n_tasks=T), 1),
+    }
+
+
+def agreement(name: str, ours, theirs, scale, T: int) -> str:
+    g = torch.Generator().manual_seed(T)
+    J = torch.randn(T, 20_000, generator=g, dtype=torch.float64)
+    J[: T // 2] *= -1  # conflicting
+    G = J @ J.T
+    if name in ("PCGrad", "GradVac"):
+        order = torchjd_orders(T, 0, skip_self_first=name == "GradVac")
+        torch.manual_seed(0)
+        ref = theirs(T)(J)
+        if name == "PCGrad":
+            w = pcgrad_weights(G, order)
+        else:
+            w, _ = gradvac_weights(G, order, torch.zeros(T, T, dtype=torch.float64), 0.5, every_pair=True)
+        d = w @ J
+    else:
+        ref = theirs(T)(J)
+        d, w = balance.aggregate(ours(), J)
+        d = d / (T if scale == "T" else scale)
+    if name == "MGDA":
+        w_ref = torch.linalg.lstsq(J.T, ref[:, None]).solution[:, 0]
+        return f"w'Gw x{float(w_ref @ G @ w_ref) / float(w @ G @ w):.4f}"
+    return f"{float((d - ref).norm() / ref.norm().clamp_min(1e-300)):.1e}"
+
+
+def aggregation_section(Ps, Ts, reps: int) -> None:
+    print("\n## Aggregation of a given J: ours vs TorchJD (ms, median of interleaved runs)\n")
+    if tjd is None:
+        print(f"TorchJD is not importable ({TORCHJD_MISSING}); see the docstring.")
+        return
+    print("| method | P | T | ours ms | TorchJD ms | TorchJD / ours | agreement (float64) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (ours, theirs, scale) in pairs().items():
+        for T in Ts:
+            try:
+                agree = agreement(name, ours, theirs, scale, T)
+            except Exception as exc:  # a peer's solver failing is a result, not a crash
+                agree = f"TorchJD failed: {type(exc).__name__}"
+            for P in Ps:
+                J = torch.randn(T, P)
+                out = torch.empty(P)
+                method, aggregator = ours(), theirs(T)
+                losses = torch.ones(T, dtype=torch.float64)
+
+                def ours_step():
+                    G = gram([J])
+                    w = method.gram_weights(G, losses)
+                    combine_([J], w.float(), [out], accumulate=False)
+
+                fns = {"ours": ours_step, "torchjd": lambda: aggregator(J)}
+                t = interleaved_medians(fns, reps=reps, warmup=1)
+                print(f"| {name} | {P:.0e} | {T} | {t['ours'] * 1e3:.2f} | {t['torchjd'] * 1e3:.2f} | "
+                      f"{t['torchjd'] / t['ours']:.1f}x | {agree} |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", nargs="+", default=["aggregation"], choices=["aggregation"])
+    p.add_argument("--P", type=float, nargs="+", default=[1e5, 1e6, 1e7])
+    p.add_argument("--T", type=int, nargs="+", default=[2, 4, 8, 16])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--system-malloc", action="store_true")
+    args = p.parse_args()
+    allocator = ensure_steady_malloc(args.system_malloc)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\n# mtlkernels vs peers: torch {torch.__version__}, {threads} thread(s), allocator: {allocator}; "
+              f"this machine: {read_bandwidth() / 1e9:.1f} GB/s read, {matmul_rate() / 1e9:.0f} GFLOP/s fp32 GEMM")
+        if "aggregation" in args.sections:
+            aggregation_section([int(x) for x in args.P], args.T, args.reps)
+
+
+if __name__ == "__main__":
+    main()
