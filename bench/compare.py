@@ -11,6 +11,13 @@ osqp scs qdldl``. A missing peer is reported, not fatal.
 
 Sections:
 
+- ``step``: a whole training step (forward, the method's backward, SGD step) of the same MMoE
+  (512 inputs, 8 experts [256, 128], 4 tasks [64]) on the same batch of 1024: ours
+  (``method.backward``) against TorchJD's ``mtl_backward`` (autojac: the Jacobian of the shared
+  parameters through the expert outputs, its ``.jac`` fields) + ``jac_to_grad``. Agreement: the
+  relative difference of the shared parameters' gradients after one step from the same weights
+  (EW, UPGrad and MGDA are deterministic; PCGrad and GradVac draw their orders differently, so
+  their column is left empty).
 - ``aggregation``: the update of a given J ``[T, P]`` (float32, as training computes it) by each
   method: ours (Gram + T x T solver + combine written into an existing ``.grad``-sized buffer, as
   in a training loop after its first step) against TorchJD's aggregator ``A(J)`` (its output a
@@ -130,9 +137,60 @@ def aggregation_section(Ps, Ts, reps: int) -> None:
                       f"{t['torchjd'] / t['ours']:.1f}x | {agree} |", flush=True)
 
 
+def step_section(reps: int) -> None:
+    print("\n## A whole training step, MMoE on one batch: ours vs TorchJD's mtl_backward (ms, median)\n")
+    if tjd is None:
+        print(f"TorchJD is not importable ({TORCHJD_MISSING}); see the docstring.")
+        return
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    from mtlkernels import nn as mnn
+
+    torch.manual_seed(0)
+    model = mnn.MMoE(512, 4, 8, (256, 128), (64,))
+    x = torch.randn(1024, 512)
+    y = (torch.rand(1024, 4) < 0.3).float()
+    shared = list(model.shared_parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every step starts from the same weights
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    methods = {"EW": (lambda: balance.EW("mean"), lambda: tjd.Mean()),
+               "UPGrad": (balance.UPGrad, tjd.UPGrad), "MGDA": (balance.MGDA, tjd.MGDA),
+               "PCGrad": (balance.PCGrad, tjd.PCGrad), "GradVac": (lambda: balance.GradVac(ema="torchjd"), tjd.GradVac)}
+    print("| method | ours ms | TorchJD ms | TorchJD / ours | agreement of the shared gradients |")
+    print("|---|---|---|---|---|")
+    for name, (ours, theirs) in methods.items():
+        method, aggregator = ours(), theirs()
+
+        def ours_step():
+            opt.zero_grad(set_to_none=True)
+            method.backward(bce(model(x), y, reduction="none").mean(0), model)
+            opt.step()
+
+        def torchjd_step():
+            opt.zero_grad(set_to_none=True)
+            logits, rep = model(x, return_representation=True)
+            losses = bce(logits, y, reduction="none").mean(0)
+            # retain_graph: the tasks' heads are one fused op (gate_mix, grouped towers) that its per-task
+            # passes through the heads would otherwise free after the first task
+            mtl_backward(list(losses), features=rep, shared_params=shared, retain_graph=True)
+            jac_to_grad(shared, aggregator)
+            opt.step()
+
+        agree = ""
+        if name in ("EW", "UPGrad", "MGDA"):
+            ours_step()
+            mine = torch.cat([p.grad.flatten() for p in shared])
+            torchjd_step()
+            theirs_ = torch.cat([p.grad.flatten() for p in shared])
+            agree = f"{float((mine - theirs_).norm() / theirs_.norm()):.1e}"
+        t = interleaved_medians({"ours": ours_step, "torchjd": torchjd_step}, reps=reps, warmup=1)
+        print(f"| {name} | {t['ours'] * 1e3:.1f} | {t['torchjd'] * 1e3:.1f} | {t['torchjd'] / t['ours']:.2f}x | "
+              f"{agree} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", nargs="+", default=["aggregation"], choices=["aggregation"])
+    p.add_argument("--sections", nargs="+", default=["step", "aggregation"], choices=["step", "aggregation"])
     p.add_argument("--P", type=float, nargs="+", default=[1e5, 1e6, 1e7])
     p.add_argument("--T", type=int, nargs="+", default=[2, 4, 8, 16])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -144,6 +202,8 @@ def main() -> None:
         torch.set_num_threads(threads)
         print(f"\n# mtlkernels vs peers: torch {torch.__version__}, {threads} thread(s), allocator: {allocator}; "
               f"this machine: {read_bandwidth() / 1e9:.1f} GB/s read, {matmul_rate() / 1e9:.0f} GFLOP/s fp32 GEMM")
+        if "step" in args.sections:
+            step_section(args.reps)
         if "aggregation" in args.sections:
             aggregation_section([int(x) for x in args.P], args.T, args.reps)
 

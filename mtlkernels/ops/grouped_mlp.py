@@ -98,6 +98,23 @@ if _extension.native_available():
 
     torch.library.register_vmap("mtlk::grouped_mlp", _forward_vmap)
 
+    def _backward_vmap(info, in_dims, grads, x, weights, biases, activations, relu, shared_input, input_grad):
+        """vmap rule of the backward over the gradients alone (torch.vmap of a VJP, as TorchJD's
+        autojac runs it): the op takes the N vmapped gradients at once ([N, ...] leading dim)."""
+        g_dims = in_dims[0] if isinstance(in_dims[0], (list, tuple)) else [in_dims[0]] * len(grads)
+        others = [d for d in in_dims[1:5] for d in (d if isinstance(d, (list, tuple)) else [d])]
+        if any(d is not None for d in others):
+            raise NotImplementedError("mtlk::grouped_mlp_backward: vmap over the inputs, weights or activations of "
+                                      "the backward is not supported (only over its gradients)")
+        n = info.batch_size
+        batched = [None if g is None else (g.movedim(d, 0) if d is not None else g.expand(n, *g.shape)).contiguous()
+                   for g, d in zip(grads, g_dims)]
+        gx, gw, gb = torch.ops.mtlk.grouped_mlp_backward(batched, x, weights, biases, activations, relu, shared_input,
+                                                         input_grad)
+        return (gx, gw, gb), (0, [0] * len(gw), [0] * len(gb))
+
+    torch.library.register_vmap("mtlk::grouped_mlp_backward", _backward_vmap)
+
 
 def _zero_bias(x: Tensor, w: Tensor, l: int, shared_input: bool) -> Tensor:
     """The op always takes a bias; a layer without one gets constant zeros (no gradient kept)."""

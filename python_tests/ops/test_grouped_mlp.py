@@ -403,3 +403,18 @@ def test_vmap_over_weights_and_over_inputs_of_a_deep_stack(shared):
     for k in range(2):
         for a, e in zip(out, torch.ops.mtlk.grouped_mlp(x, [w[k] for w in ws], biases, relu, shared)):
             torch.testing.assert_close(a[k], e)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "per-group"])
+def test_torch_vmap_of_the_backward_takes_the_task_gradients_at_once(shared):
+    """torch.vmap over autograd.grad (how TorchJD's autojac forms a Jacobian) reaches the
+    backward op's functorch rule, which passes the vmapped gradients in one call."""
+    x, weights, biases = make(8, 3, [5, 4, 2], 2, shared, torch.float64)
+    x, w, b = leaves(x)[0], leaves(*weights), leaves(*biases)
+    out = grouped_mlp(x, w, b, [True, False], shared_input=shared)
+    cot = torch.randn(4, *out.shape, dtype=torch.float64)
+    batched = torch.vmap(lambda g: torch.autograd.grad(out, [x, *w, *b], g, retain_graph=True))(cot)
+    for t in range(4):
+        single = torch.autograd.grad(out, [x, *w, *b], cot[t], retain_graph=True)
+        for a, s in zip(batched, single):
+            torch.testing.assert_close(a[t], s)
