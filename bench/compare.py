@@ -7,7 +7,7 @@ speed is never bought with a different answer.
 
 Peers (install next to torch 2.13.0 CPU without their dependencies, which would pull another
 torch): ``pip install --target DIR --no-deps torchjd==0.18.0 qpsolvers quadprog cvxpy clarabel ecos
-osqp scs qdldl``. A missing peer is reported, not fatal.
+osqp scs qdldl LibMTL==1.1.5``. A missing peer is reported, not fatal.
 
 Sections:
 
@@ -17,7 +17,9 @@ Sections:
   parameters through the expert outputs, its ``.jac`` fields) + ``jac_to_grad``. Agreement: the
   relative difference of the shared parameters' gradients after one step from the same weights
   (EW, UPGrad and MGDA are deterministic; PCGrad and GradVac draw their orders differently, so
-  their column is left empty).
+  their column is left empty). LibMTL 1.1.5's PCGrad (its files loaded without the package's
+  imports, bound to the model as its trainer binds it): T backward passes, the flattened J, the
+  projections in Python.
 - ``aggregation``: the update of a given J ``[T, P]`` (float32, as training computes it) by each
   method: ours (Gram + T x T solver + combine written into an existing ``.grad``-sized buffer, as
   in a training loop after its first step) against TorchJD's aggregator ``A(J)`` (its output a
@@ -41,6 +43,52 @@ from _timing import ensure_steady_malloc, interleaved_medians, matmul_rate  # no
 from mtlkernels import balance  # noqa: E402
 from mtlkernels.ops import combine_, gram  # noqa: E402
 from mtlkernels.ops.solvers import gradvac_weights, pcgrad_weights  # noqa: E402
+
+
+def libmtl_weighting(name: str):
+    """LibMTL 1.1.5's weighting class ``name`` (e.g. "PCGrad"), loaded from its files without the
+    package's ``__init__`` (which imports its trainer, models and their dependencies); None if
+    LibMTL is not installed."""
+    import importlib.util
+    import types
+
+    if "LibMTL.weighting" in sys.modules:  # the package shells made by an earlier call
+        root = sys.modules["LibMTL"].__path__[0]
+    else:
+        spec = importlib.util.find_spec("LibMTL")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        root = spec.submodule_search_locations[0]
+        for pkg, path in (("LibMTL", root), ("LibMTL.weighting", os.path.join(root, "weighting"))):
+            module = types.ModuleType(pkg)
+            module.__path__ = [path]
+            sys.modules[pkg] = module
+    module_spec = importlib.util.spec_from_file_location(f"LibMTL.weighting.{name}",
+                                                         os.path.join(root, "weighting", f"{name}.py"))
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def libmtl_adapter(cls, shared, T: int):
+    """A LibMTL weighting bound to our model the way its trainer binds it: the shared parameters,
+    the task count, the device."""
+
+    class Bound(cls):
+        def __init__(self):
+            super().__init__()
+            self.task_num, self.device, self.rep_grad = T, torch.device("cpu"), False
+
+        def get_share_params(self):
+            return shared
+
+        def zero_grad_share_params(self):
+            for p in shared:
+                if p.grad is not None:
+                    p.grad.zero_()
+
+    return Bound()
+
 
 try:
     from torchjd import aggregation as tjd
@@ -156,10 +204,18 @@ def step_section(reps: int) -> None:
     methods = {"EW": (lambda: balance.EW("mean"), lambda: tjd.Mean()),
                "UPGrad": (balance.UPGrad, tjd.UPGrad), "MGDA": (balance.MGDA, tjd.MGDA),
                "PCGrad": (balance.PCGrad, tjd.PCGrad), "GradVac": (lambda: balance.GradVac(ema="torchjd"), tjd.GradVac)}
-    print("| method | ours ms | TorchJD ms | TorchJD / ours | agreement of the shared gradients |")
-    print("|---|---|---|---|---|")
+    libmtl_pcgrad = libmtl_weighting("PCGrad")
+    print("| method | ours ms | TorchJD ms | TorchJD / ours | LibMTL ms | LibMTL / ours | "
+          "agreement of the shared gradients (TorchJD) |")
+    print("|---|---|---|---|---|---|---|")
     for name, (ours, theirs) in methods.items():
         method, aggregator = ours(), theirs()
+        libmtl = libmtl_adapter(libmtl_pcgrad, shared, 4) if name == "PCGrad" and libmtl_pcgrad else None
+
+        def libmtl_step():  # its trainer's step: T backward passes, the flattened J, PCGrad in Python
+            opt.zero_grad(set_to_none=False)
+            libmtl.backward(bce(model(x), y, reduction="none").mean(0))
+            opt.step()
 
         def ours_step():
             opt.zero_grad(set_to_none=True)
@@ -183,9 +239,13 @@ def step_section(reps: int) -> None:
             torchjd_step()
             theirs_ = torch.cat([p.grad.flatten() for p in shared])
             agree = f"{float((mine - theirs_).norm() / theirs_.norm()):.1e}"
-        t = interleaved_medians({"ours": ours_step, "torchjd": torchjd_step}, reps=reps, warmup=1)
+        fns = {"ours": ours_step, "torchjd": torchjd_step}
+        if libmtl is not None:
+            fns["libmtl"] = libmtl_step
+        t = interleaved_medians(fns, reps=reps, warmup=1)
+        lib = (f"{t['libmtl'] * 1e3:.1f} | {t['libmtl'] / t['ours']:.2f}x") if "libmtl" in t else " | "
         print(f"| {name} | {t['ours'] * 1e3:.1f} | {t['torchjd'] * 1e3:.1f} | {t['torchjd'] / t['ours']:.2f}x | "
-              f"{agree} |", flush=True)
+              f"{lib} | {agree} |", flush=True)
 
 
 def main() -> None:
