@@ -268,13 +268,16 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     const at::Tensor in = input_gm(x, acts, l);
     for (int64_t k = 0; k < N; ++k) matmul_out(grad_w[l][k], in.transpose(1, 2), task(gy, k));
     if (l == 0 && !input_grad) break;
+    if (l == 0) {  // grad_x [N, B, G, in]: group g's rows (task, batch row) written in place, G * in apart
+      for (int64_t g = 0; g < d.G; ++g) {
+        at::Tensor out = grad_x.select(2, g).view({N * d.B, d.width[0]});
+        at::mm_out(out, gy.select(0, g).view({N * d.B, d.width[1]}), w.select(0, g).t());
+      }
+      break;
+    }
     // the input's gradient for all tasks at once: [G, N*B, w] @ [G, w, in]
     const at::Tensor g_pre = product(gy.view({d.G, N * d.B, d.width[l + 1]}), w.transpose(1, 2))
                                  .view({d.G, N, d.B, d.width[l]});
-    if (l == 0) {  // grad_x [N, B, G, in]
-      grad_x.copy_(g_pre.permute({1, 2, 0, 3}));
-      break;
-    }
     // layer l - 1's pre-activation gradient: its ReLU mask, its own output gradient and its bias
     // gradient fused in, in place unless it feeds a shared-input first layer
     const at::Tensor g_in = l == 1 && shared_input ? new_pre_grad(0) : g_pre;

@@ -256,19 +256,22 @@ void forward_rows(const scalar_t* E, int64_t sb, int64_t sx, const scalar_t* L, 
   bad.raise_if_any(L, M, T, X, "gate_mix");
 }
 
-// Backward over all batch rows of one dtype, for N task gradients (contiguous pointers; G is
-// [N, B, T, D], GP [N, B, T, X] or null, dE [N, B, X, D], dL [N, B, T, X]). Each row's gates and
-// experts are computed and loaded once, then used for the N tasks.
+// Backward over all batch rows of one dtype, for N task gradients: G holds row (k, b)'s [T, D]
+// gradient at G + k * sgn + b * sgb, its tasks sgt apart (unit stride within D; a permuted
+// view of the per-task backward's gradients is gathered row by row, no copy of the whole); GP
+// [N, B, T, X] contiguous or null, dE [N, B, X, D], dL [N, B, T, X]. Each row's gates and experts
+// are computed and loaded once, then used for the N tasks.
 template <typename scalar_t>
-void backward_rows(const scalar_t* G, const scalar_t* GP, const scalar_t* E, int64_t sb, int64_t sx,
-                   const scalar_t* L, const bool* M, scalar_t* dE, scalar_t* dL, int64_t N, int64_t B, int64_t T,
-                   int64_t X, int64_t D) {
+void backward_rows(const scalar_t* G, int64_t sgn, int64_t sgb, int64_t sgt, const scalar_t* GP, const scalar_t* E,
+                   int64_t sb, int64_t sx, const scalar_t* L, const bool* M, scalar_t* dE, scalar_t* dL, int64_t N,
+                   int64_t B, int64_t T, int64_t X, int64_t D) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
+  const bool gather = widen || sgt != D;  // the row's [T, D] gradient is not one contiguous block
   BadRow bad;
   at::parallel_for(0, B, std::max<int64_t>(1, grain_rows(T, X, D) / N), [&](int64_t b0, int64_t b1) {
     std::vector<acc_t> p(T * X), dp(T * X), gp(GP ? X : 0);
-    std::vector<acc_t> ebuf(widen ? X * D : 0), gbuf(widen ? T * D : 0), debuf(widen ? X * D : 0);
+    std::vector<acc_t> ebuf(widen ? X * D : 0), gbuf(gather ? T * D : 0), debuf(widen ? X * D : 0);
     for (int64_t b = b0; b < b1; ++b) {
       if (!softmax_rows(L + b * T * X, M, b, T, X, p.data(), bad)) continue;
       if constexpr (widen) {
@@ -276,12 +279,15 @@ void backward_rows(const scalar_t* G, const scalar_t* GP, const scalar_t* E, int
       }
       for (int64_t k = 0; k < N; ++k) {
         const int64_t row = k * B + b;  // (task, batch row)
+        const scalar_t* g = G + k * sgn + b * sgb;
+        if (gather) {
+          for (int64_t t = 0; t < T; ++t) convert(g + t * sgt, gbuf.data() + t * D, D);
+        }
         if constexpr (widen) {
-          convert(G + row * T * D, gbuf.data(), T * D);
           mix_row_backward(ebuf.data(), D, p.data(), gbuf.data(), debuf.data(), dp.data(), T, X, D);
           convert(debuf.data(), dE + row * X * D, X * D);
         } else {
-          mix_row_backward(E + b * sb, sx, p.data(), G + row * T * D, dE + row * X * D, dp.data(), T, X, D);
+          mix_row_backward(E + b * sb, sx, p.data(), gather ? gbuf.data() : g, dE + row * X * D, dp.data(), T, X, D);
         }
         for (int64_t t = 0; t < T; ++t) {
           const acc_t* gpt = nullptr;
@@ -328,7 +334,8 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_backward_cpu(
     const at::Tensor& experts_in, const at::Tensor& logits_in,
     const std::optional<at::Tensor>& expert_mask) {
   check_gate_mix_backward_args(grad_out_in, grad_probs_in, experts_in, logits_in, expert_mask);
-  const at::Tensor grad_out = grad_out_in.contiguous();
+  // any strides with D innermost are read in place (the per-task backward hands a permuted view)
+  const at::Tensor grad_out = grad_out_in.stride(-1) == 1 ? grad_out_in : grad_out_in.contiguous();
   const at::Tensor grad_probs = grad_probs_in.has_value() ? grad_probs_in->contiguous() : at::Tensor();
   const at::Tensor experts = rows_contiguous(experts_in);
   const at::Tensor logits = logits_in.contiguous();
@@ -344,7 +351,9 @@ std::tuple<at::Tensor, at::Tensor> gate_mix_backward_cpu(
   TORCH_CHECK_VALUE(X > 0, "gate_mix_backward: experts has X = 0 experts to mix");
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, experts.scalar_type(), "gate_mix_backward_cpu", [&] {
-    backward_rows<scalar_t>(grad_out.const_data_ptr<scalar_t>(),
+    const int64_t lead = tasks ? 1 : 0;
+    backward_rows<scalar_t>(grad_out.const_data_ptr<scalar_t>(), tasks ? grad_out.stride(0) : 0,
+                            grad_out.stride(lead), grad_out.stride(lead + 1),
                             grad_probs.defined() ? grad_probs.const_data_ptr<scalar_t>() : nullptr,
                             experts.const_data_ptr<scalar_t>(), experts.stride(0), experts.stride(1),
                             logits.const_data_ptr<scalar_t>(),

@@ -302,3 +302,19 @@ def test_vmap_of_the_backward_over_task_gradients_reads_the_experts_once():
         e1, l1 = torch.ops.mtlk.gate_mix_backward(g[k], None, experts, logits, mask)
         torch.testing.assert_close(ge[k], e1)
         torch.testing.assert_close(gl[k], l1)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_backward_reads_strided_gradients_in_place(dtype):
+    """A permuted grad_out (what the per-task backward hands over) gives what its contiguous
+    copy gives, with and without the task dimension."""
+    experts, logits, mask = make_inputs(6, 5, 3, 7, dtype=dtype, mask=True)
+    g4 = torch.randn(3, 4, 6, 7, dtype=dtype).permute(1, 2, 0, 3)  # [N, B, T, D], T outermost in memory
+    g3 = torch.randn(3, 6, 7, dtype=dtype).transpose(0, 1)          # [B, T, D], T outermost
+    for g in (g4, g3):
+        assert not g.is_contiguous() and g.stride(-1) == 1
+        got = torch.ops.mtlk.gate_mix_backward(g, None, experts, logits, mask)
+        want = torch.ops.mtlk.gate_mix_backward(g.contiguous(), None, experts, logits, mask)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
