@@ -26,6 +26,9 @@ Sections:
   that model size, on the same splits and preprocessed tensors (our vocabularies and standardised
   dense columns for both), ``--epochs`` each (10, the issue's measurement); test AUC of both tasks
   and seconds per epoch. ``mtlkernels train``'s default model is the README's reproduction.
+- ``metrics``: AUC over 1e6 rows against scikit-learn's ``roc_auc_score`` and torchmetrics'
+  ``binary_auroc``; uAUC (the user-averaged AUC) over 1e6 rows and 1e4 users against the usual
+  per-user ``roc_auc_score`` loop (users with one class skipped); values checked equal.
 - ``aggregation``: the update of a given J ``[T, P]`` (float32, as training computes it) by each
   method: ours (Gram + T x T solver + combine written into an existing ``.grad``-sized buffer, as
   in a training loop after its first step) against TorchJD's aggregator ``A(J)`` (its output a
@@ -312,10 +315,58 @@ def census_section(epochs: int) -> None:
           f"{ours_seconds:.1f} |", flush=True)
 
 
+def metrics_section(reps: int) -> None:
+    print("\n## Metrics: AUC and uAUC on 1e6 rows (ms, median) and the values\n")
+    import numpy as np
+
+    from mtlkernels import metrics
+    try:
+        from sklearn.metrics import roc_auc_score
+    except ImportError as exc:
+        print(f"scikit-learn is not importable ({exc})")
+        return
+    try:
+        from torchmetrics.functional.classification import binary_auroc
+    except ImportError:
+        binary_auroc = None
+    g = torch.Generator().manual_seed(0)
+    rows, users = 1_000_000, 10_000
+    scores = torch.round(torch.rand(rows, generator=g, dtype=torch.float64) * 1000) / 1000  # many ties
+    labels = (torch.rand(rows, generator=g) < 0.1).long()
+    user = torch.randint(0, users, (rows,), generator=g)
+    s_np, l_np, u_np = scores.numpy(), labels.numpy(), user.numpy()
+
+    def per_user_loop():  # the usual uAUC: one roc_auc_score per user with both classes
+        order = np.argsort(u_np, kind="stable")
+        bounds = np.flatnonzero(np.diff(u_np[order])) + 1
+        values = [roc_auc_score(l_np[idx], s_np[idx]) for idx in np.split(order, bounds)
+                  if 0 < l_np[idx].sum() < len(idx)]
+        return float(np.mean(values))
+
+    fns = {"ours auc": lambda: metrics.auc(scores, labels), "sklearn auc": lambda: roc_auc_score(l_np, s_np),
+           "ours uauc": lambda: metrics.uauc(scores, labels, user)}
+    if binary_auroc is not None:
+        fns["torchmetrics auc"] = lambda: binary_auroc(scores, labels)
+    t = interleaved_medians(fns, reps=reps, warmup=1)
+    t["sklearn per-user loop"] = interleaved_medians({"loop": per_user_loop}, reps=max(1, reps // 3), warmup=0)["loop"]
+    ours_auc, ours_uauc = float(metrics.auc(scores, labels)), float(metrics.uauc(scores, labels, user).value)
+    values = {"ours auc": ours_auc, "sklearn auc": roc_auc_score(l_np, s_np), "ours uauc": ours_uauc,
+              "sklearn per-user loop": per_user_loop()}
+    if binary_auroc is not None:
+        values["torchmetrics auc"] = float(binary_auroc(scores, labels))
+    print("| what | ms | value | difference from ours |")
+    print("|---|---|---|---|")
+    for name in ("ours auc", "sklearn auc", "torchmetrics auc", "ours uauc", "sklearn per-user loop"):
+        if name in t:
+            mine = ours_uauc if "uauc" in name or "loop" in name else ours_auc
+            print(f"| {name} | {t[name] * 1e3:.1f} | {values[name]:.12f} | {abs(values[name] - mine):.1e} |",
+                  flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", nargs="+", default=["step", "aggregation", "census"],
-                   choices=["step", "aggregation", "census"])
+    p.add_argument("--sections", nargs="+", default=["step", "aggregation", "metrics", "census"],
+                   choices=["step", "aggregation", "metrics", "census"])
     p.add_argument("--epochs", type=int, default=10, help="epochs of the census section")
     p.add_argument("--P", type=float, nargs="+", default=[1e5, 1e6, 1e7])
     p.add_argument("--T", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -332,6 +383,8 @@ def main() -> None:
             step_section(args.reps)
         if "aggregation" in args.sections:
             aggregation_section([int(x) for x in args.P], args.T, args.reps)
+        if "metrics" in args.sections:
+            metrics_section(args.reps)
         if "census" in args.sections:
             census_section(args.epochs)
 
