@@ -26,6 +26,10 @@ Sections:
   that model size, on the same splits and preprocessed tensors (our vocabularies and standardised
   dense columns for both), ``--epochs`` each (10, the issue's measurement); test AUC of both tasks
   and seconds per epoch. ``mtlkernels train``'s default model is the README's reproduction.
+- ``models``: MMoE forward+backward (Adam step excluded) and serving (eval forward at batch 128)
+  at the Census size and the many-small-experts size of ``bench/models_table.py``: ours (batch
+  norm on, as torch-rechub's MLPs have it) against torch-rechub 0.9's MMOE fed one dense feature
+  of the input width; parameter counts printed (torch-rechub's gates also carry a batch norm).
 - ``metrics``: AUC over 1e6 rows against scikit-learn's ``roc_auc_score`` and torchmetrics'
   ``binary_auroc``; uAUC (the user-averaged AUC) over 1e6 rows and 1e4 users against the usual
   per-user ``roc_auc_score`` loop (users with one class skipped); values checked equal.
@@ -315,6 +319,60 @@ def census_section(epochs: int) -> None:
           f"{ours_seconds:.1f} |", flush=True)
 
 
+def models_section(reps: int) -> None:
+    print("\n## MMoE forward+backward and serving: ours vs torch-rechub's MMOE (ms, median)\n")
+    try:
+        from torch_rechub.basic.features import DenseFeature
+        from torch_rechub.models.multi_task import MMOE
+    except ImportError as exc:
+        print(f"torch-rechub is not importable ({exc}); see the docstring.")
+        return
+    from models_table import CONFIGS
+
+    from mtlkernels import nn as mnn
+
+    print("| size | ours params | torch-rechub params | fwd+bwd ours | fwd+bwd torch-rechub | ratio | "
+          "serving B128 ours | serving torch-rechub | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, c in CONFIGS.items():
+        torch.manual_seed(0)
+        ours = mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
+                        batch_norm=True)
+        feature = DenseFeature("x", embed_dim=c["input_dim"])
+        theirs = MMOE([feature], ["classification"] * c["tasks"], c["experts"],
+                      expert_params={"dims": list(c["expert_hidden"])},
+                      tower_params_list=[{"dims": list(c["tower_hidden"])}] * c["tasks"])
+        x = torch.randn(c["batch"], c["input_dim"])
+        serve = torch.randn(128, c["input_dim"])
+
+        def train_ours():
+            ours.train()
+            ours.zero_grad(set_to_none=True)
+            torch.sigmoid(ours(x)).sum().backward()
+
+        def train_theirs():
+            theirs.train()
+            theirs.zero_grad(set_to_none=True)
+            theirs({"x": x}).sum().backward()  # its outputs are probabilities already
+
+        def serve_ours():
+            ours.eval()
+            with torch.no_grad():
+                torch.sigmoid(ours(serve))
+
+        def serve_theirs():
+            theirs.eval()
+            with torch.no_grad():
+                theirs({"x": serve})
+
+        t = interleaved_medians({"to": train_ours, "tt": train_theirs, "so": serve_ours, "st": serve_theirs},
+                                reps=max(reps, 11), warmup=2)
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        print(f"| {name} | {count(ours):,} | {count(theirs):,} | {t['to'] * 1e3:.2f} | {t['tt'] * 1e3:.2f} | "
+              f"{t['tt'] / t['to']:.2f}x | {t['so'] * 1e3:.3f} | {t['st'] * 1e3:.3f} | {t['st'] / t['so']:.2f}x |",
+              flush=True)
+
+
 def metrics_section(reps: int) -> None:
     print("\n## Metrics: AUC and uAUC on 1e6 rows (ms, median) and the values\n")
     import numpy as np
@@ -365,8 +423,8 @@ def metrics_section(reps: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", nargs="+", default=["step", "aggregation", "metrics", "census"],
-                   choices=["step", "aggregation", "metrics", "census"])
+    p.add_argument("--sections", nargs="+", default=["step", "aggregation", "models", "metrics", "census"],
+                   choices=["step", "aggregation", "models", "metrics", "census"])
     p.add_argument("--epochs", type=int, default=10, help="epochs of the census section")
     p.add_argument("--P", type=float, nargs="+", default=[1e5, 1e6, 1e7])
     p.add_argument("--T", type=int, nargs="+", default=[2, 4, 8, 16])
@@ -383,6 +441,8 @@ def main() -> None:
             step_section(args.reps)
         if "aggregation" in args.sections:
             aggregation_section([int(x) for x in args.P], args.T, args.reps)
+        if "models" in args.sections:
+            models_section(args.reps)
         if "metrics" in args.sections:
             metrics_section(args.reps)
         if "census" in args.sections:
