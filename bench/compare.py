@@ -5,9 +5,8 @@ speed is never bought with a different answer.
     PYTHONPATH=<peer dir> python bench/compare.py [--sections aggregation] [--P 1e5 1e6 1e7]
         [--T 2 4 8 16] [--threads 1 2] [--reps 5]
 
-Peers (install next to torch 2.13.0 CPU without their dependencies, which would pull another
-torch): ``pip install --target DIR --no-deps torchjd==0.18.0 qpsolvers quadprog cvxpy clarabel ecos
-osqp scs qdldl LibMTL==1.1.5``. A missing peer is reported, not fatal.
+Peers: ``bash bench/install_peers.sh [DIR]`` installs them (default ``.peers``) next to torch
+2.13.0 CPU without their dependencies, which would pull another torch. A missing peer is reported, not fatal.
 
 Sections:
 
