@@ -2,11 +2,12 @@
 markdown tables of median times (interleaved runs), ratios, and an agreement column, so that
 speed is never bought with a different answer.
 
-    PYTHONPATH=<peer dir> python bench/compare.py [--sections aggregation] [--P 1e5 1e6 1e7]
-        [--T 2 4 8 16] [--threads 1 2] [--reps 5]
+    PYTHONPATH=.peers python bench/compare.py [--sections step aggregation models metrics census]
+        [--P 1e5 1e6 1e7] [--T 2 4 8 16] [--threads 1 2] [--reps 5] [--epochs 10]
 
 Peers: ``bash bench/install_peers.sh [DIR]`` installs them (default ``.peers``) next to torch
-2.13.0 CPU without their dependencies, which would pull another torch. A missing peer is reported, not fatal.
+2.13.0 CPU without their dependencies, which would pull another torch. A missing peer is
+reported, not fatal.
 
 Sections:
 
