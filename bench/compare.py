@@ -27,9 +27,10 @@ Sections:
   dense columns for both), ``--epochs`` each (10, the issue's measurement); test AUC of both tasks
   and seconds per epoch. ``mtlkernels train``'s default model is the README's reproduction.
 - ``models``: MMoE forward+backward (Adam step excluded) and serving (eval forward at batch 128)
-  at the Census size and the many-small-experts size of ``bench/models_table.py``: ours (batch
-  norm on, as torch-rechub's MLPs have it) against torch-rechub 0.9's MMOE fed one dense feature
-  of the input width; parameter counts printed (torch-rechub's gates also carry a batch norm).
+  at the Census size and the many-small-experts size of ``bench/models_table.py``: ours against
+  torch-rechub 0.9's MMOE (ours with batch norm on, as its MLPs have it; its gates carry one more)
+  and DeepCTR-Torch 0.3's (linear gates without bias, no batch norm), each fed one dense feature of
+  the input width; parameter counts printed.
 - ``metrics``: AUC over 1e6 rows against scikit-learn's ``roc_auc_score`` and torchmetrics'
   ``binary_auroc``; uAUC (the user-averaged AUC) over 1e6 rows and 1e4 users against the usual
   per-user ``roc_auc_score`` loop (users with one class skipped); values checked equal.
@@ -319,58 +320,76 @@ def census_section(epochs: int) -> None:
           f"{ours_seconds:.1f} |", flush=True)
 
 
-def models_section(reps: int) -> None:
-    print("\n## MMoE forward+backward and serving: ours vs torch-rechub's MMOE (ms, median)\n")
+def peer_mmoes(c: dict):
+    """(peer name, its MMoE at config c taking a [B, input] tensor, whether ours needs batch norm to
+    match it) for each installed peer."""
+    peers = []
     try:
         from torch_rechub.basic.features import DenseFeature
         from torch_rechub.models.multi_task import MMOE
+
+        rechub = MMOE([DenseFeature("x", embed_dim=c["input_dim"])], ["classification"] * c["tasks"],
+                      c["experts"], expert_params={"dims": list(c["expert_hidden"])},
+                      tower_params_list=[{"dims": list(c["tower_hidden"])}] * c["tasks"])
+        peers.append(("torch-rechub 0.9", lambda x, m=rechub: m({"x": x}), rechub, True))
     except ImportError as exc:
-        print(f"torch-rechub is not importable ({exc}); see the docstring.")
-        return
+        print(f"torch-rechub is not importable ({exc})")
+    try:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # its import prints a version check
+            from deepctr_torch.inputs import DenseFeat
+            from deepctr_torch.models.multitask import MMOE as DeepCTRMMOE
+        deepctr = DeepCTRMMOE([DenseFeat("x", c["input_dim"])], num_experts=c["experts"],
+                              expert_dnn_hidden_units=tuple(c["expert_hidden"]), gate_dnn_hidden_units=(),
+                              tower_dnn_hidden_units=tuple(c["tower_hidden"]), task_types=["binary"] * c["tasks"],
+                              task_names=[f"t{k}" for k in range(c["tasks"])])
+        peers.append(("DeepCTR-Torch 0.3", deepctr, deepctr, False))
+    except ImportError as exc:
+        print(f"DeepCTR-Torch is not importable ({exc})")
+    return peers
+
+
+def models_section(reps: int) -> None:
+    print("\n## MMoE forward+backward and serving: ours vs the recsys libraries' MMoE (ms, median)\n")
     from models_table import CONFIGS
 
     from mtlkernels import nn as mnn
 
-    print("| size | ours params | torch-rechub params | fwd+bwd ours | fwd+bwd torch-rechub | ratio | "
-          "serving B128 ours | serving torch-rechub | ratio |")
+    print("| size | peer | params ours / peer | fwd+bwd ours | fwd+bwd peer | ratio | serving B128 ours | "
+          "serving peer | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, c in CONFIGS.items():
-        torch.manual_seed(0)
-        ours = mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
-                        batch_norm=True)
-        feature = DenseFeature("x", embed_dim=c["input_dim"])
-        theirs = MMOE([feature], ["classification"] * c["tasks"], c["experts"],
-                      expert_params={"dims": list(c["expert_hidden"])},
-                      tower_params_list=[{"dims": list(c["tower_hidden"])}] * c["tasks"])
-        x = torch.randn(c["batch"], c["input_dim"])
-        serve = torch.randn(128, c["input_dim"])
+        for peer, call, module, batch_norm in peer_mmoes(c):
+            torch.manual_seed(0)
+            ours = mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
+                            batch_norm=batch_norm)
+            x = torch.randn(c["batch"], c["input_dim"])
+            serve = torch.randn(128, c["input_dim"])
 
-        def train_ours():
-            ours.train()
-            ours.zero_grad(set_to_none=True)
-            torch.sigmoid(ours(x)).sum().backward()
+            def train(model, f):
+                def step():
+                    model.train()
+                    model.zero_grad(set_to_none=True)
+                    f(x).sum().backward()
+                return step
 
-        def train_theirs():
-            theirs.train()
-            theirs.zero_grad(set_to_none=True)
-            theirs({"x": x}).sum().backward()  # its outputs are probabilities already
+            def serving(model, f):
+                def run():
+                    model.eval()
+                    with torch.no_grad():
+                        f(serve)
+                return run
 
-        def serve_ours():
-            ours.eval()
-            with torch.no_grad():
-                torch.sigmoid(ours(serve))
-
-        def serve_theirs():
-            theirs.eval()
-            with torch.no_grad():
-                theirs({"x": serve})
-
-        t = interleaved_medians({"to": train_ours, "tt": train_theirs, "so": serve_ours, "st": serve_theirs},
-                                reps=max(reps, 11), warmup=2)
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        print(f"| {name} | {count(ours):,} | {count(theirs):,} | {t['to'] * 1e3:.2f} | {t['tt'] * 1e3:.2f} | "
-              f"{t['tt'] / t['to']:.2f}x | {t['so'] * 1e3:.3f} | {t['st'] * 1e3:.3f} | {t['st'] / t['so']:.2f}x |",
-              flush=True)
+            probs = lambda z, m=ours: torch.sigmoid(m(z))  # noqa: E731  (the peers output probabilities)
+            t = interleaved_medians({"to": train(ours, probs), "tp": train(module, call),
+                                     "so": serving(ours, probs), "sp": serving(module, call)},
+                                    reps=max(reps, 11), warmup=2)
+            count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+            print(f"| {name} | {peer} | {count(ours):,} / {count(module):,} | {t['to'] * 1e3:.2f} | "
+                  f"{t['tp'] * 1e3:.2f} | {t['tp'] / t['to']:.2f}x | {t['so'] * 1e3:.3f} | {t['sp'] * 1e3:.3f} | "
+                  f"{t['sp'] / t['so']:.2f}x |", flush=True)
 
 
 def metrics_section(reps: int) -> None:

@@ -10,8 +10,10 @@ PIP="${MTLK_VENV:-.venv}/bin/pip"
 # TorchJD and the solvers its aggregators call (UPGrad/DualProj: quadprog via qpsolvers; CAGrad:
 # cvxpy + clarabel; Nash-MTL: cvxpy + ecos; cvxpy's own imports: osqp, scs, qdldl)
 # LibMTL's weighting modules (loaded by file, without its package imports); torch-rechub;
-# torchmetrics (+ lightning-utilities) for the metrics section. scikit-learn is a test dependency.
+# DeepCTR-Torch (+ requests, which its import uses for a version check); torchmetrics (+
+# lightning-utilities) for the metrics section. scikit-learn is a test dependency.
 "$PIP" install -q --target "$DIR" --no-deps \
   torchjd==0.18.0 qpsolvers quadprog cvxpy clarabel ecos osqp scs qdldl \
-  LibMTL==1.1.5 torch-rechub==0.9.0 torchmetrics lightning-utilities
+  LibMTL==1.1.5 torch-rechub==0.9.0 deepctr-torch==0.3.0 requests urllib3 idna certifi charset_normalizer \
+  torchmetrics lightning-utilities
 echo "peers in $DIR: PYTHONPATH=$DIR ${MTLK_VENV:-.venv}/bin/python bench/compare.py"
