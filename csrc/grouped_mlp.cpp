@@ -161,7 +161,8 @@ std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights,
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped_mlp_backward(
     const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
-    at::TensorList activations, const c10::List<bool>& relu, bool shared_input, bool input_grad) {
+    at::TensorList activations, const c10::List<bool>& relu, bool shared_input, bool input_grad,
+    bool weight_grad) {
   const Dims d = check_args(x, weights, biases, relu, shared_input);
   const int64_t L = static_cast<int64_t>(weights.size());
   TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) == L && static_cast<int64_t>(activations.size()) == L,
@@ -203,6 +204,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
         if (g_out[l].has_value()) g_k[l] = (*g_out[l])[k];
       }
       auto [x_k, w_k, b_k] = cpu::grouped_mlp_small_backward(g_k, x, weights, acts, relu, input_grad);
+      if (!weight_grad) {  // the whole-stack kernel computes them anyway; the contract is [0] tensors
+        for (auto& w : w_k) w = at::empty({0}, x.options());
+      }
       if (!task_dim) return {x_k, w_k, b_k};
       gx.push_back(x_k);
       for (int64_t l = 0; l < L; ++l) {
@@ -212,7 +216,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     }
     std::vector<at::Tensor> grad_w, grad_b;
     for (int64_t l = 0; l < L; ++l) {
-      grad_w.push_back(at::stack(gw[l]));
+      grad_w.push_back(weight_grad ? at::stack(gw[l]) : at::empty({0}, x.options()));
       grad_b.push_back(at::stack(gb[l]));
     }
     return {at::stack(gx), grad_w, grad_b};
@@ -223,7 +227,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
   for (int64_t l = 0; l < L; ++l) {
     std::vector<int64_t> shape(weights[l].sizes().begin(), weights[l].sizes().end());
     shape.insert(shape.begin(), N);
-    grad_w.push_back(at::empty(shape, x.options()));
+    grad_w.push_back(weight_grad ? at::empty(shape, x.options()) : at::empty({0}, x.options()));
     grad_b.push_back(at::empty({N, d.G, d.width[l + 1]}, x.options()));
   }
   std::vector<int64_t> x_shape(x.sizes().begin(), x.sizes().end());
@@ -255,7 +259,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     if (l == 0 && shared_input) {
       const int64_t n = d.G * d.width[1];
       const at::Tensor gy_rows = gy.permute({1, 2, 0, 3});  // [N, B, G, w], its storage order
-      for (int64_t k = 0; k < N; ++k) {
+      for (int64_t k = 0; k < N && weight_grad; ++k) {
         at::Tensor gw = grad_w[0][k].view({d.width[0], n});
         matmul_out(gw, x.t(), gy_rows[k].reshape({d.B, n}));
       }
@@ -266,7 +270,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
       break;
     }
     const at::Tensor in = input_gm(x, acts, l);
-    for (int64_t k = 0; k < N; ++k) matmul_out(grad_w[l][k], in.transpose(1, 2), task(gy, k));
+    for (int64_t k = 0; k < N && weight_grad; ++k) matmul_out(grad_w[l][k], in.transpose(1, 2), task(gy, k));
     if (l == 0 && !input_grad) break;
     if (l == 0) {  // grad_x [N, B, G, in]: group g's rows (task, batch row) written in place, G * in apart
       for (int64_t g = 0; g < d.G; ++g) {
@@ -290,7 +294,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
   }
   if (!task_dim) {
     grad_x = grad_x.squeeze(0);
-    for (auto& g : grad_w) g = g.squeeze(0);
+    for (auto& g : grad_w) g = weight_grad ? g.squeeze(0) : g;
     for (auto& g : grad_b) g = g.squeeze(0);
   }
   return {grad_x, grad_w, grad_b};

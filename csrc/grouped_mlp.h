@@ -29,11 +29,13 @@ std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights,
 // grads[l] = gradient of activations[l] (None where that output was not used), or N task
 // gradients at once, [N, *activations[l].shape] (the per-task backward: every product over
 // the groups and every fused epilogue reads the activations for all N tasks). Returns
-// (grad_x, or a [0, ...] tensor when !input_grad; grad weights; grad biases), each with the
-// leading N when the gradients have it.
+// (grad_x, or a [0, ...] tensor when !input_grad; grad weights, or [0] tensors when !weight_grad
+// (their products skipped: what the per-task backward to a representation or to other
+// parameters asks); grad biases), each with the leading N when the gradients have it.
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped_mlp_backward(
     const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
-    at::TensorList activations, const c10::List<bool>& relu, bool shared_input, bool input_grad);
+    at::TensorList activations, const c10::List<bool>& relu, bool shared_input, bool input_grad,
+    bool weight_grad = true);
 
 // Fused epilogues over [G, R, C] blocks (unit column stride, any group/row strides; a
 // [B, G, w] activation is passed as its transpose(0, 1) view), bias [G, C]:

@@ -38,13 +38,13 @@ std::vector<at::Tensor> call_forward(const at::Tensor& x, at::TensorList weights
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> call_backward(
     const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
-    at::TensorList acts, const c10::List<bool>& relu, bool shared_input, bool input_grad) {
+    at::TensorList acts, const c10::List<bool>& relu, bool shared_input, bool input_grad, bool weight_grad) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mtlk::grouped_mlp_backward", "")
                        .typed<std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>(
                            const OptionalTensorList&, const at::Tensor&, at::TensorList, at::TensorList,
-                           at::TensorList, const c10::List<bool>&, bool, bool)>();
-  return op.call(grads, x, weights, biases, acts, relu, shared_input, input_grad);
+                           at::TensorList, const c10::List<bool>&, bool, bool, bool)>();
+  return op.call(grads, x, weights, biases, acts, relu, shared_input, input_grad, weight_grad);
 }
 
 // The backward with batchable ops only (matmul over [..., G, B, w] views); grads[l] may be
@@ -119,16 +119,21 @@ class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> 
     }
     if (!any) return out;
     const bool input_grad = ctx->needs_input_grad(0);
+    // the weights' products are skipped when autograd asks for none of them (a per-task backward to
+    // a representation, or to parameters upstream of this op)
+    bool weight_grad = false;
+    for (int64_t l = 0; l < L; ++l) weight_grad = weight_grad || ctx->needs_input_grad(1 + l);
     at::Tensor grad_x;
     std::vector<at::Tensor> grad_w(L), grad_b(L);
     const std::optional<int64_t> level = batched ? task_batch_level(grads, saved) : std::nullopt;
     if (level) {  // N task gradients: one call of the fused backward on the physical tensors
       OptionalTensorList g_opt;
       for (const auto& g : grads) g_opt.push_back(g.defined() ? std::optional<at::Tensor>(task_physical(g)) : std::nullopt);
-      std::tie(grad_x, grad_w, grad_b) = call_backward(g_opt, x, weights, biases, acts, relu, shared_input, input_grad);
+      std::tie(grad_x, grad_w, grad_b) =
+          call_backward(g_opt, x, weights, biases, acts, relu, shared_input, input_grad, weight_grad);
       if (input_grad) grad_x = task_batched(grad_x, *level);
       for (int64_t l = 0; l < L; ++l) {
-        grad_w[l] = task_batched(grad_w[l], *level);
+        if (weight_grad) grad_w[l] = task_batched(grad_w[l], *level);
         grad_b[l] = task_batched(grad_b[l], *level);
       }
     } else if (batched) {
@@ -137,11 +142,11 @@ class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> 
       OptionalTensorList g_opt;
       for (const auto& g : grads) g_opt.push_back(g.defined() ? std::optional<at::Tensor>(g) : std::nullopt);
       std::tie(grad_x, grad_w, grad_b) =
-          call_backward(g_opt, x, weights, biases, acts, relu, shared_input, input_grad);
+          call_backward(g_opt, x, weights, biases, acts, relu, shared_input, input_grad, weight_grad);
     }
     if (input_grad) out[0] = grad_x;
     for (int64_t l = 0; l < L; ++l) {
-      out[1 + l] = grad_w[l];
+      if (weight_grad) out[1 + l] = grad_w[l];
       out[1 + L + l] = grad_b[l];
     }
     return out;

@@ -58,8 +58,8 @@ TORCH_LIBRARY(mtlk, m) {
   // then the output [B, G, out].
   m.def("grouped_mlp(Tensor x, Tensor[] weights, Tensor[] biases, bool[] relu, bool shared_input) -> Tensor[]");
   // grads[l] = gradient of activation l or None. Returns (grad_x or [0]-sized when !input_grad,
-  // grad weights, grad biases).
+  // grad weights or [0]-sized ones when !weight_grad, grad biases).
   m.def(
       "grouped_mlp_backward(Tensor?[] grads, Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] activations, "
-      "bool[] relu, bool shared_input, bool input_grad) -> (Tensor, Tensor[], Tensor[])");
+      "bool[] relu, bool shared_input, bool input_grad, bool weight_grad=True) -> (Tensor, Tensor[], Tensor[])");
 }

@@ -179,7 +179,7 @@ double brute_force_min_norm(const std::vector<double>& G, int64_t T) {
     int64_t s = 0;
     for (int64_t i = 0; i < T; ++i)
       if ((mask >> i) & 1) S[s++] = static_cast<double>(i);
-    if (!mtlk::corral_affine_min(G.data(), T, S.data(), s, scale, M.data(), alpha.data())) continue;
+    if (!mtlk::corral_solve(G.data(), T, S.data(), s, scale, nullptr, M.data(), alpha.data(), nullptr)) continue;
     bool inside = true;
     for (int64_t i = 0; i < s; ++i) inside = inside && alpha[i] >= -1e-12;
     if (!inside) continue;

@@ -71,11 +71,12 @@ if _extension.native_available():
         return [x.new_empty((G, B, w.shape[2]) if l < L - 1 else (B, G, w.shape[2])) for l, w in enumerate(weights)]
 
     @torch.library.register_fake("mtlk::grouped_mlp_backward")
-    def _fake_backward(grads, x, weights, biases, activations, relu, shared_input, input_grad):
+    def _fake_backward(grads, x, weights, biases, activations, relu, shared_input, input_grad, weight_grad=True):
         given = [g for g in grads if g is not None]
         lead = tuple(given[0].shape[:1]) if given and given[0].dim() == 4 else ()  # (N,): N task gradients
         grad_x = x.new_empty(*lead, *(x.shape if input_grad else (0, *x.shape[1:])))
-        return (grad_x, [w.new_empty(*lead, *w.shape) for w in weights], [b.new_empty(*lead, *b.shape) for b in biases])
+        grad_w = [w.new_empty(*lead, *w.shape) if weight_grad else w.new_empty(0) for w in weights]
+        return grad_x, grad_w, [b.new_empty(*lead, *b.shape) for b in biases]
 
     def _forward_vmap(info, in_dims, x, weights, biases, relu, shared_input):
         """vmap rule of the forward: over x alone, the vmapped rows join the batch (one op call);
@@ -98,7 +99,8 @@ if _extension.native_available():
 
     torch.library.register_vmap("mtlk::grouped_mlp", _forward_vmap)
 
-    def _backward_vmap(info, in_dims, grads, x, weights, biases, activations, relu, shared_input, input_grad):
+    def _backward_vmap(info, in_dims, grads, x, weights, biases, activations, relu, shared_input, input_grad,
+                       weight_grad=True):
         """vmap rule of the backward over the gradients alone (torch.vmap of a VJP, as TorchJD's
         autojac runs it): the op takes the N vmapped gradients at once ([N, ...] leading dim)."""
         g_dims = in_dims[0] if isinstance(in_dims[0], (list, tuple)) else [in_dims[0]] * len(grads)
@@ -110,8 +112,8 @@ if _extension.native_available():
         batched = [None if g is None else (g.movedim(d, 0) if d is not None else g.expand(n, *g.shape)).contiguous()
                    for g, d in zip(grads, g_dims)]
         gx, gw, gb = torch.ops.mtlk.grouped_mlp_backward(batched, x, weights, biases, activations, relu, shared_input,
-                                                         input_grad)
-        return (gx, gw, gb), (0, [0] * len(gw), [0] * len(gb))
+                                                         input_grad, weight_grad)
+        return (gx, gw, gb), (0, [0 if weight_grad else None] * len(gw), [0] * len(gb))
 
     torch.library.register_vmap("mtlk::grouped_mlp_backward", _backward_vmap)
 

@@ -418,3 +418,35 @@ def test_torch_vmap_of_the_backward_takes_the_task_gradients_at_once(shared):
         single = torch.autograd.grad(out, [x, *w, *b], cot[t], retain_graph=True)
         for a, s in zip(batched, single):
             torch.testing.assert_close(a[t], s)
+
+
+@pytest.mark.parametrize("case", range(len(TASK_CASES)))
+def test_backward_without_weight_gradients_skips_them_and_keeps_the_rest(case):
+    """weight_grad=False (what autograd asks when no weight needs a gradient): [0] weight
+    gradients, the input and bias gradients unchanged; the fake kernel agrees (opcheck)."""
+    (B, G, widths), L, shared = TASK_CASES[case]
+    x, weights, biases = make(B, G, widths, L, shared, torch.float64)
+    relu = [l % 2 == 0 for l in range(L)]
+    acts = torch.ops.mtlk.grouped_mlp(x, weights, biases, relu, shared)
+    for lead in ((), (3,)):
+        grads = [None] * (L - 1) + [torch.randn(*lead, *acts[-1].shape, dtype=torch.float64)]
+        full = torch.ops.mtlk.grouped_mlp_backward(grads, x, weights, biases, acts, relu, shared, True)
+        lean = torch.ops.mtlk.grouped_mlp_backward(grads, x, weights, biases, acts, relu, shared, True, False)
+        assert all(w.shape == (0,) for w in lean[1])
+        torch.testing.assert_close(lean[0], full[0], rtol=0, atol=0)
+        for a, b in zip(lean[2], full[2]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.mtlk.grouped_mlp_backward.default,
+                          (grads, x, weights, biases, acts, relu, shared, True, False))
+
+
+def test_autograd_to_the_input_alone_skips_the_weight_products():
+    """A gradient asked for x only (as a per-task backward to a representation asks) equals the
+    full backward's, with no weight gradient computed."""
+    x, weights, biases = make(9, 4, [6, 5, 3], 2, False, torch.float64)
+    x, w, b = leaves(x)[0], leaves(*weights), leaves(*biases)
+    out = grouped_mlp(x, w, b, [True, False], shared_input=False)
+    cot = torch.randn(3, *out.shape, dtype=torch.float64)
+    (only_x,) = torch.autograd.grad(out, [x], cot, is_grads_batched=True, retain_graph=True)
+    full = torch.autograd.grad(out, [x, *w, *b], cot, is_grads_batched=True)
+    torch.testing.assert_close(only_x, full[0])

@@ -269,13 +269,13 @@ MTLK_HOST_DEVICE int mgda_solve(const double* G, int64_t T, int64_t max_iter, do
 constexpr double kMinNormOptTol = 1e-13;
 constexpr double kMinNormPosTol = 1e-14;
 
-// Affine minimiser on the corral S (s indices): alpha = argmin alpha^T G_SS alpha subject to
-// sum alpha = 1, from the KKT system [G_SS / scale 1; 1^T 0] [alpha; -mu] = [0; 1] (G divided by
-// its largest diagonal entry, so every entry is at most 1 like the ones), by Gaussian
-// elimination with partial pivoting in M ((s + 1)^2 scratch). False when the system is
-// singular (a pivot below 1e-14): the corral is affinely dependent.
-MTLK_HOST_DEVICE bool corral_affine_min(const double* G, int64_t T, const double* S, int64_t s, double scale,
-                                        double* M, double* alpha) {
+// The bordered solves of a corral S (s indices, as doubles) on Gn = G / scale (every entry at most
+// 1, like the ones): [Gn_SS 1; 1^T 0] [p; .] = [0; 1] (p: the corral's affine min-norm point) and,
+// when lin is given, [Gn_SS 1; 1^T 0] [q; .] = [-lin_S; 0] (q: the direction of a linear term
+// within the corral's affine hull), by Gaussian elimination with partial pivoting in M ((s + 1)^2
+// scratch). False when singular (a pivot below 1e-14): the corral is affinely dependent.
+MTLK_HOST_DEVICE bool corral_solve(const double* G, int64_t T, const double* S, int64_t s, double scale,
+                                   const double* lin, double* M, double* p, double* q) {
   const int64_t n = s + 1;
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t c = 0; c < n; ++c) {
@@ -284,34 +284,45 @@ MTLK_HOST_DEVICE bool corral_affine_min(const double* G, int64_t T, const double
       else v = (r == s && c == s) ? 0.0 : 1.0;
       M[r * n + c] = v;
     }
-    alpha[r] = r == s ? 1.0 : 0.0;
+    p[r] = r == s ? 1.0 : 0.0;
+    if (lin != nullptr) q[r] = r == s ? 0.0 : -lin[static_cast<int64_t>(S[r])];
   }
   for (int64_t k = 0; k < n; ++k) {
-    int64_t p = k;
-    for (int64_t r = k + 1; r < n; ++r) p = fabs(M[r * n + k]) > fabs(M[p * n + k]) ? r : p;
-    if (!(fabs(M[p * n + k]) > 1e-14)) return false;
-    if (p != k) {
+    int64_t piv = k;
+    for (int64_t r = k + 1; r < n; ++r) piv = fabs(M[r * n + k]) > fabs(M[piv * n + k]) ? r : piv;
+    if (!(fabs(M[piv * n + k]) > 1e-14)) return false;
+    if (piv != k) {
       for (int64_t c = 0; c < n; ++c) {
         const double t = M[k * n + c];
-        M[k * n + c] = M[p * n + c];
-        M[p * n + c] = t;
+        M[k * n + c] = M[piv * n + c];
+        M[piv * n + c] = t;
       }
-      const double t = alpha[k];
-      alpha[k] = alpha[p];
-      alpha[p] = t;
+      double t = p[k];
+      p[k] = p[piv];
+      p[piv] = t;
+      if (lin != nullptr) {
+        t = q[k];
+        q[k] = q[piv];
+        q[piv] = t;
+      }
     }
     for (int64_t r = k + 1; r < n; ++r) {
       const double f = M[r * n + k] / M[k * n + k];
       for (int64_t c = k; c < n; ++c) M[r * n + c] -= f * M[k * n + c];
-      alpha[r] -= f * alpha[k];
+      p[r] -= f * p[k];
+      if (lin != nullptr) q[r] -= f * q[k];
     }
   }
   for (int64_t k = n - 1; k >= 0; --k) {
-    double v = alpha[k];
-    for (int64_t c = k + 1; c < n; ++c) v -= M[k * n + c] * alpha[c];
-    alpha[k] = v / M[k * n + k];
+    double vp = p[k], vq = lin != nullptr ? q[k] : 0.0;
+    for (int64_t c = k + 1; c < n; ++c) {
+      vp -= M[k * n + c] * p[c];
+      if (lin != nullptr) vq -= M[k * n + c] * q[c];
+    }
+    p[k] = vp / M[k * n + k];
+    if (lin != nullptr) q[k] = vq / M[k * n + k];
   }
-  return true;  // alpha[0..s) the weights, alpha[s] = -mu
+  return true;  // p[0..s) the weights, p[s] = -mu
 }
 
 // One step of a corral (s weights lam on the indices S, as doubles) by theta * dir: the entries
@@ -386,7 +397,7 @@ MTLK_HOST_DEVICE int min_norm_solve(const double* G, int64_t T, double* w, doubl
     ++s;
     bool stuck = false;
     for (int64_t minor = 0; minor < T + 2; ++minor) {
-      if (!corral_affine_min(G, T, S, s, scale, M, alpha)) {  // affinely dependent: undo the entry
+      if (!corral_solve(G, T, S, s, scale, nullptr, M, alpha, nullptr)) {  // affinely dependent: undo the entry
         stuck = true;
         --s;
         break;
@@ -734,66 +745,12 @@ MTLK_HOST_DEVICE int dual_cone_solve(const double* G, const double* u, int64_t T
 constexpr double kCAGradOptTol = 1e-13;
 constexpr double kCAGradPosTol = 1e-14;
 
-// The two bordered solves of a CAGrad face S (s indices, as doubles) on Gn = G / scale:
-// [Gn_SS 1; 1^T 0] [p; .] = [0; 1] (p: the face's affine min-norm point) and
-// [Gn_SS 1; 1^T 0] [q; .] = [-bn_S; 0] (q: the linear term's direction in the face), by
-// Gaussian elimination with partial pivoting in M ((s + 1)^2). False when singular (the face's
-// gradients are affinely dependent).
-MTLK_HOST_DEVICE bool cagrad_face_solve(const double* G, int64_t T, const double* S, int64_t s, double scale,
-                                        const double* bn, double* M, double* p, double* q) {
-  const int64_t n = s + 1;
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t c = 0; c < n; ++c) {
-      double v;
-      if (r < s && c < s) v = G[static_cast<int64_t>(S[r]) * T + static_cast<int64_t>(S[c])] / scale;
-      else v = (r == s && c == s) ? 0.0 : 1.0;
-      M[r * n + c] = v;
-    }
-    p[r] = r == s ? 1.0 : 0.0;
-    q[r] = r == s ? 0.0 : -bn[static_cast<int64_t>(S[r])];
-  }
-  for (int64_t k = 0; k < n; ++k) {
-    int64_t piv = k;
-    for (int64_t r = k + 1; r < n; ++r) piv = fabs(M[r * n + k]) > fabs(M[piv * n + k]) ? r : piv;
-    if (!(fabs(M[piv * n + k]) > 1e-14)) return false;
-    if (piv != k) {
-      for (int64_t c = 0; c < n; ++c) {
-        const double t = M[k * n + c];
-        M[k * n + c] = M[piv * n + c];
-        M[piv * n + c] = t;
-      }
-      double t = p[k];
-      p[k] = p[piv];
-      p[piv] = t;
-      t = q[k];
-      q[k] = q[piv];
-      q[piv] = t;
-    }
-    for (int64_t r = k + 1; r < n; ++r) {
-      const double f = M[r * n + k] / M[k * n + k];
-      for (int64_t c = k; c < n; ++c) M[r * n + c] -= f * M[k * n + c];
-      p[r] -= f * p[k];
-      q[r] -= f * q[k];
-    }
-  }
-  for (int64_t k = n - 1; k >= 0; --k) {
-    double vp = p[k], vq = q[k];
-    for (int64_t c = k + 1; c < n; ++c) {
-      vp -= M[k * n + c] * p[c];
-      vq -= M[k * n + c] * q[c];
-    }
-    p[k] = vp / M[k * n + k];
-    q[k] = vq / M[k * n + k];
-  }
-  return true;
-}
-
 // CAGrad's dual weights of one problem: w [T] out (in the simplex), scratch cagrad_scratch(T).
 // Minimises f(w) = b^T w + a |J^T w| with b = G 1 / T and a = c sqrt(1^T G 1) / T (c >= 0), on
 // G / max_k G_kk (the minimiser does not depend on the scale). Wolfe-style: start at the best
 // vertex; a major cycle adds the index of smallest gradient (b + a G w / |J^T w|)_j if it beats
 // the current point's; a minor cycle moves to the face's minimiser, which has the closed form
-// w = p + (r / a) q with r^2 = p^T G p / (1 + b^T q / a^2) (cagrad_face_solve), or, when
+// w = p + (r / a) q with r^2 = p^T G p / (1 + b^T q / a^2) (corral_solve), or, when
 // 1 + b^T q / a^2 <= 0 (f unbounded below along q on the face's affine hull), along q; stepping
 // back to the boundary and dropping an index whenever the move leaves the simplex. Stops at a
 // point with J^T w = 0 (Pareto stationary) or when a face is affinely dependent.
@@ -861,7 +818,7 @@ MTLK_HOST_DEVICE int cagrad_solve(const double* G, int64_t T, double c, double* 
     ++s;
     bool stuck = false;
     for (int64_t minor = 0; minor < T + 2; ++minor) {
-      if (!cagrad_face_solve(G, T, S, s, scale, bn, M, p, q)) {  // affinely dependent: undo the entry
+      if (!corral_solve(G, T, S, s, scale, bn, M, p, q)) {  // affinely dependent: undo the entry
         stuck = true;
         --s;
         break;
