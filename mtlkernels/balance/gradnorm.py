@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlkernels.balance.base import GrowingBuffers, WeightingMethod, check_losses
+from mtlkernels.balance.blocks import discard_lookups
 from mtlkernels.balance.jacobian import task_gradients
 from mtlkernels.ops import gram
 
@@ -55,6 +56,7 @@ class GradNorm(GrowingBuffers, WeightingMethod):
         if not bool(torch.isfinite(norms).all()):
             raise ValueError("GradNorm: a task's gradient at the chosen layer is NaN or Inf; no update applied")
         w = self.weights.clone()
+        discard_lookups(shared)  # the embedding tables' gradient comes from this one backward
         (w.to(losses.device, losses.dtype) * losses).sum().backward()
         self._update(w, norms, L)
         return w.to(losses.dtype)
