@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from mtlkernels.balance.jacobian import task_gradients
 from mtlkernels.nn.features import FeatureEmbedding
-from mtlkernels.nn.lookup import Lookup
+from mtlkernels.nn.lookup import MAX_LOOKUPS, Lookup
 from mtlkernels.ops import combine_
 
 
@@ -48,11 +48,12 @@ def _tables(shared, params: list[Tensor]) -> list[_Table]:
 
 
 def _dense_only(tables: list[_Table]) -> None:
+    """Refuses the dense fallback for a sparse-gradient table (a batched backward cannot form it)."""
     for t in tables:
         if t.sparse:
-            raise ValueError("a FeatureEmbedding with sparse_gradients=True was looked up where no lookup was "
-                             "recorded (a compiled forward, or more than 8 forwards between two method steps); "
-                             "its sparse gradient cannot be taken densely")
+            raise ValueError(f"a FeatureEmbedding with sparse_gradients=True was looked up where no lookup was "
+                             f"recorded (a compiled forward, or more than {MAX_LOOKUPS} forwards between two method "
+                             "steps); its sparse gradient cannot be taken densely")
 
 
 def discard_lookups(shared) -> None:
