@@ -353,14 +353,17 @@ def peer_mmoes(c: dict):
 
 def models_section(reps: int) -> None:
     print("\n## MMoE forward+backward and serving: ours vs the recsys libraries' MMoE (ms, median)\n")
-    from models_table import CONFIGS
+    from models_table import CONFIGS, build, linear_flops
 
     from mtlkernels import nn as mnn
 
-    print("| size | peer | params ours / peer | fwd+bwd ours | fwd+bwd peer | ratio | serving B128 ours | "
-          "serving peer | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    rate = matmul_rate(torch.float32)
+    print(f"GEMM floor: the matrix-product FLOPs of forward and backward / {rate / 1e9:.0f} GFLOP/s (fp32 2048^3)\n")
+    print("| size | peer | params ours / peer | fwd+bwd ours (/ floor) | fwd+bwd peer (/ floor) | ratio | "
+          "ours bf16 autocast | peer fp32 / ours bf16 | serving B128 ours | serving peer | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, c in CONFIGS.items():
+        floor = linear_flops(build("MMoE", c)[0], c["batch"], c["input_dim"]) / rate
         for peer, call, module, batch_norm in peer_mmoes(c):
             torch.manual_seed(0)
             ours = mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
@@ -368,11 +371,13 @@ def models_section(reps: int) -> None:
             x = torch.randn(c["batch"], c["input_dim"])
             serve = torch.randn(128, c["input_dim"])
 
-            def train(model, f):
+            def train(model, f, bf16=False):
                 def step():
                     model.train()
                     model.zero_grad(set_to_none=True)
-                    f(x).sum().backward()
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        out = f(x)
+                    out.float().sum().backward()
                 return step
 
             def serving(model, f):
@@ -384,11 +389,13 @@ def models_section(reps: int) -> None:
 
             probs = lambda z, m=ours: torch.sigmoid(m(z))  # noqa: E731  (the peers output probabilities)
             t = interleaved_medians({"to": train(ours, probs), "tp": train(module, call),
+                                     "tb": train(ours, probs, bf16=True),
                                      "so": serving(ours, probs), "sp": serving(module, call)},
                                     reps=max(reps, 11), warmup=2)
             count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-            print(f"| {name} | {peer} | {count(ours):,} / {count(module):,} | {t['to'] * 1e3:.2f} | "
-                  f"{t['tp'] * 1e3:.2f} | {t['tp'] / t['to']:.2f}x | {t['so'] * 1e3:.3f} | {t['sp'] * 1e3:.3f} | "
+            print(f"| {name} | {peer} | {count(ours):,} / {count(module):,} | {t['to'] * 1e3:.2f} "
+                  f"({t['to'] / floor:.2f}) | {t['tp'] * 1e3:.2f} ({t['tp'] / floor:.2f}) | {t['tp'] / t['to']:.2f}x | "
+                  f"{t['tb'] * 1e3:.2f} | {t['tp'] / t['tb']:.2f}x | {t['so'] * 1e3:.3f} | {t['sp'] * 1e3:.3f} | "
                   f"{t['sp'] / t['so']:.2f}x |", flush=True)
 
 
