@@ -244,6 +244,21 @@ def _affine_min(G: Tensor, S: list[int]) -> Tensor | None:
     return torch.linalg.solve(M, rhs)[:s]
 
 
+def _scaled_problems(gram: Tensor, out: Tensor):
+    """Yields ``(n, G_n / max_k (G_n)_kk)`` (float64, on the CPU) for every problem of ``gram``
+    ``[N, T, T]`` with a non-zero gradient; an all-zero problem gets ``e_0`` in ``out`` (the
+    simplex solvers' convention) and is skipped, as T = 0 is."""
+    for n in range(gram.shape[0]):
+        if gram.shape[1] == 0:
+            continue
+        G = gram[n].detach().cpu().double()
+        scale = float(G.diagonal().max())
+        if not scale > 0.0:
+            out[n, 0] = 1.0
+            continue
+        yield n, G / scale
+
+
 def min_norm_weights(gram: Tensor) -> Tensor:
     """Exact min-norm weights ``[N, T]`` by Wolfe's minimum-norm-point algorithm (Wolfe 1976),
     the steps of ``mtlk::min_norm_solve``: start at the shortest gradient; add the gradient of
@@ -251,15 +266,7 @@ def min_norm_weights(gram: Tensor) -> Tensor:
     stepping back to the simplex's boundary and dropping gradients when it leaves."""
     N, T, _ = gram.shape
     out = torch.zeros(N, T, dtype=gram.dtype, device=gram.device)
-    for n in range(N):
-        G = gram[n].detach().cpu().double()
-        scale = float(G.diagonal().max()) if T else 0.0
-        if T == 0:
-            continue
-        if not scale > 0.0:
-            out[n, 0] = 1.0
-            continue
-        G = G / scale
+    for n, G in _scaled_problems(gram, out):
         S = [int(torch.argmin(G.diagonal()))]
         lam = torch.ones(1, dtype=torch.float64)
         for _ in range(4 * T + 4):
@@ -406,15 +413,7 @@ def cagrad_weights(gram: Tensor, c: float) -> Tensor:
     ``log t`` for the fixed point ``t |J^T w(t)| = a``, each ``w(t)`` an exact min-norm solve."""
     N, T, _ = gram.shape
     out = torch.zeros(N, T, dtype=torch.float64, device=gram.device)
-    for n in range(N):
-        G = gram[n].detach().cpu().double()
-        scale = float(G.diagonal().max()) if T else 0.0
-        if T == 0:
-            continue
-        if not scale > 0.0:
-            out[n, 0] = 1.0
-            continue
-        G = G / scale
+    for n, G in _scaled_problems(gram, out):
         b = G.sum(1) / T
         a = c * math.sqrt(max(float(G.sum()), 0.0)) / T
         if a == 0.0:
