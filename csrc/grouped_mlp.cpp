@@ -5,13 +5,17 @@
 // group-major [G, B, in] activations, which the forward keeps in that layout so no product
 // ever reads a strided operand; only the output is written back batch-major [B, G, out], by
 // its epilogue. Measured on CPU, a batched product over contiguous groups is as fast as one
-// product per group at Census-sized experts and faster for small ones.
+// product per group at Census-sized experts and faster for small ones. PPNet gates (a layer's
+// output times 2 sigmoid(u)) are one more read in the same epilogue pass, and their logits'
+// gradient one more write in the backward's.
 #include "grouped_mlp.h"
 
 #include <ATen/ops/add.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/sigmoid.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/threshold_backward.h>
@@ -72,6 +76,35 @@ Dims check_args(const at::Tensor& x, at::TensorList weights, at::TensorList bias
 // t itself when its rows are contiguous (what the products and epilogues need), else a copy.
 at::Tensor unit_stride(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
+// The gate logits per layer, [B, G, out_l] with unit column stride, undefined where a layer has
+// none (all undefined without gates).
+std::vector<at::Tensor> check_gates(const GateList& gates, const at::Tensor& x, const Dims& d) {
+  const int64_t L = static_cast<int64_t>(d.width.size()) - 1;
+  std::vector<at::Tensor> out(L);
+  if (!gates.has_value()) return out;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(gates->size()) == L, "grouped_mlp: gates has ", gates->size(),
+                    " entries for ", L, " layers");
+  for (int64_t l = 0; l < L; ++l) {
+    const std::optional<at::Tensor> g = (*gates)[l];
+    if (!g.has_value()) continue;
+    TORCH_CHECK_VALUE(g->dim() == 3 && g->size(0) == d.B && g->size(1) == d.G && g->size(2) == d.width[l + 1],
+                      "grouped_mlp: gates[", l, "] must be [B, G, out] = [", d.B, ", ", d.G, ", ", d.width[l + 1],
+                      "], got ", g->sizes());
+    TORCH_CHECK_TYPE(g->scalar_type() == x.scalar_type(), "grouped_mlp: gates[", l, "] dtype ", g->scalar_type(),
+                     " != x dtype ", x.scalar_type());
+    TORCH_CHECK(g->device() == x.device(), "grouped_mlp: gates[", l, "] on ", g->device(), " but x on ", x.device());
+    out[l] = unit_stride(*g);
+  }
+  return out;
+}
+
+bool any_defined(const std::vector<at::Tensor>& ts) {
+  for (const auto& t : ts) {
+    if (t.defined()) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
@@ -86,17 +119,24 @@ void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
   }
 }
 
-void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu) {
-  if (dst.device().is_cpu()) return cpu::bias_relu_(dst, src, bias, relu);
+void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu,
+                const at::Tensor& gate) {
+  if (dst.device().is_cpu()) return cpu::bias_relu_(dst, src, bias, relu, gate);
   at::Tensor out = dst;
   at::add_out(out, src, bias.unsqueeze(1));
   if (relu) out.relu_();
+  if (gate.defined()) out.mul_(at::sigmoid(gate).mul_(2));
 }
 
 void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,
-                const at::Tensor& act, bool relu, const at::Tensor& bias_grad) {
-  if (src.device().is_cpu()) return cpu::relu_grad_(dst, src, extra, act, relu, bias_grad);
+                const at::Tensor& act, bool relu, const at::Tensor& bias_grad, const at::Tensor& gate,
+                const at::Tensor& gate_grad) {
+  if (src.device().is_cpu()) return cpu::relu_grad_(dst, src, extra, act, relu, bias_grad, gate, gate_grad);
   at::Tensor v = extra.has_value() ? at::add(src, *extra) : src;
+  if (gate.defined()) {
+    const_cast<at::Tensor&>(gate_grad).copy_(at::mul(at::mul(v, act), at::sigmoid(gate.neg())));
+    v = at::mul(v, at::sigmoid(gate).mul_(2));
+  }
   if (relu) v = at::threshold_backward(v, act, 0);
   if (dst.defined() && !dst.is_same(v)) const_cast<at::Tensor&>(dst).copy_(v);
   at::sum_out(const_cast<at::Tensor&>(bias_grad), v, {1});
@@ -129,10 +169,14 @@ at::Tensor input_gm(const at::Tensor& x, const std::vector<at::Tensor>& acts, in
 }  // namespace
 
 std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
-                                    const c10::List<bool>& relu, bool shared_input) {
+                                    const c10::List<bool>& relu, bool shared_input, const GateList& gates) {
   const Dims d = check_args(x, weights, biases, relu, shared_input);
-  if (cpu::small_groups(x, weights, shared_input)) return cpu::grouped_mlp_small(x, weights, biases, relu);
+  const std::vector<at::Tensor> gate = check_gates(gates, x, d);
+  if (!any_defined(gate) && cpu::small_groups(x, weights, shared_input)) {
+    return cpu::grouped_mlp_small(x, weights, biases, relu);
+  }
   const int64_t L = static_cast<int64_t>(weights.size());
+  auto gate_gm = [&](int64_t l) { return gate[l].defined() ? swap_bg(gate[l]) : at::Tensor(); };  // [G, B, out]
   std::vector<at::Tensor> acts;
   for (int64_t l = 0; l < L; ++l) {
     acts.push_back(l + 1 < L ? at::empty({d.G, d.B, d.width[l + 1]}, x.options())
@@ -145,25 +189,26 @@ std::vector<at::Tensor> grouped_mlp(const at::Tensor& x, at::TensorList weights,
       const int64_t n = d.G * d.width[1];
       at::Tensor prod = L == 1 ? acts[0].view({d.B, n}) : at::empty({d.B, n}, x.options());
       matmul_out(prod, x, w.reshape({d.width[0], n}));
-      bias_relu_(out, swap_bg(prod.view({d.B, d.G, d.width[1]})), biases[0], relu[0]);
+      bias_relu_(out, swap_bg(prod.view({d.B, d.G, d.width[1]})), biases[0], relu[0], gate_gm(0));
       continue;
     }
     const at::Tensor in = input_gm(x, acts, l);
     if (out.is_contiguous()) {  // an intermediate [G, B, out] activation
       matmul_out(out, in, w);
-      bias_relu_(out, out, biases[l], relu[l]);
+      bias_relu_(out, out, biases[l], relu[l], gate_gm(l));
     } else {  // the [B, G, out] output: the epilogue writes the product back batch-major
-      bias_relu_(out, product(in, w), biases[l], relu[l]);
+      bias_relu_(out, product(in, w), biases[l], relu[l], gate_gm(l));
     }
   }
   return acts;
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped_mlp_backward(
-    const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
-    at::TensorList activations, const c10::List<bool>& relu, bool shared_input, bool input_grad,
-    bool weight_grad) {
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+grouped_mlp_backward(const OptionalTensorList& grads, const at::Tensor& x, at::TensorList weights,
+                     at::TensorList biases, at::TensorList activations, const c10::List<bool>& relu,
+                     bool shared_input, bool input_grad, bool weight_grad, const GateList& gates) {
   const Dims d = check_args(x, weights, biases, relu, shared_input);
+  const std::vector<at::Tensor> gate = check_gates(gates, x, d);
   const int64_t L = static_cast<int64_t>(weights.size());
   TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) == L && static_cast<int64_t>(activations.size()) == L,
                     "grouped_mlp_backward: need one grad and one activation per layer, got ", grads.size(), " and ",
@@ -195,7 +240,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
       g_out[l] = task_dim ? unit_stride(*gl) : unit_stride(*gl).unsqueeze(0);
     }
   }
-  if (N > 0 && cpu::small_groups(x, weights, shared_input)) {  // the whole small stack per (row, group), per task
+  std::vector<at::Tensor> no_gate_grads;  // what an ungated layer returns: [0] tensors
+  for (int64_t l = 0; l < L; ++l) no_gate_grads.push_back(at::empty({0}, x.options()));
+  if (N > 0 && !any_defined(gate) && cpu::small_groups(x, weights, shared_input)) {  // the whole small stack per (row, group), per task
     std::vector<at::Tensor> gx;
     std::vector<std::vector<at::Tensor>> gw(L), gb(L);
     for (int64_t k = 0; k < N; ++k) {
@@ -207,7 +254,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
       if (!weight_grad) {  // the whole-stack kernel computes them anyway; the contract is [0] tensors
         for (auto& w : w_k) w = at::empty({0}, x.options());
       }
-      if (!task_dim) return {x_k, w_k, b_k};
+      if (!task_dim) return {x_k, w_k, b_k, no_gate_grads};
       gx.push_back(x_k);
       for (int64_t l = 0; l < L; ++l) {
         gw[l].push_back(w_k[l]);
@@ -219,17 +266,24 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
       grad_w.push_back(weight_grad ? at::stack(gw[l]) : at::empty({0}, x.options()));
       grad_b.push_back(at::stack(gb[l]));
     }
-    return {at::stack(gx), grad_w, grad_b};
+    return {at::stack(gx), grad_w, grad_b, no_gate_grads};
   }
   // task k's g_out as a [G, B, w] view
   auto g_out_gm = [&](int64_t l, int64_t k) { return l + 1 == L ? swap_bg((*g_out[l])[k]) : (*g_out[l])[k]; };
-  std::vector<at::Tensor> grad_w, grad_b;
+  std::vector<at::Tensor> grad_w, grad_b, grad_gate;
   for (int64_t l = 0; l < L; ++l) {
     std::vector<int64_t> shape(weights[l].sizes().begin(), weights[l].sizes().end());
     shape.insert(shape.begin(), N);
     grad_w.push_back(weight_grad ? at::empty(shape, x.options()) : at::empty({0}, x.options()));
     grad_b.push_back(at::empty({N, d.G, d.width[l + 1]}, x.options()));
+    grad_gate.push_back(gate[l].defined() ? at::empty({N, d.B, d.G, d.width[l + 1]}, x.options())
+                                          : no_gate_grads[l]);
   }
+  // layer l's gate logits and task k's gradient of them as [G, B, w] views (undefined: no gate)
+  auto gate_gm = [&](int64_t l) { return gate[l].defined() ? swap_bg(gate[l]) : at::Tensor(); };
+  auto gate_grad_gm = [&](int64_t l, int64_t k) {
+    return gate[l].defined() ? swap_bg(grad_gate[l][k]) : at::Tensor();
+  };
   std::vector<int64_t> x_shape(x.sizes().begin(), x.sizes().end());
   x_shape[0] = input_grad ? d.B : 0;
   x_shape.insert(x_shape.begin(), N);
@@ -248,11 +302,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
   at::Tensor gy = new_pre_grad(L - 1);
   if (g_out[L - 1].has_value()) {
     for (int64_t k = 0; k < N; ++k) {
-      relu_grad_(task(gy, k), g_out_gm(L - 1, k), std::nullopt, act_gm(acts, L - 1), relu[L - 1], grad_b[L - 1][k]);
+      relu_grad_(task(gy, k), g_out_gm(L - 1, k), std::nullopt, act_gm(acts, L - 1), relu[L - 1], grad_b[L - 1][k],
+                 gate_gm(L - 1), gate_grad_gm(L - 1, k));
     }
   } else {
     gy.zero_();
     grad_b[L - 1].zero_();
+    if (gate[L - 1].defined()) grad_gate[L - 1].zero_();
   }
   for (int64_t l = L - 1; l >= 0; --l) {
     const at::Tensor w = unit_stride(weights[l]);
@@ -288,7 +344,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     for (int64_t k = 0; k < N; ++k) {
       const std::optional<at::Tensor> extra =
           g_out[l - 1].has_value() ? std::optional<at::Tensor>(g_out_gm(l - 1, k)) : std::nullopt;
-      relu_grad_(task(g_in, k), task(g_pre, k), extra, act_gm(acts, l - 1), relu[l - 1], grad_b[l - 1][k]);
+      relu_grad_(task(g_in, k), task(g_pre, k), extra, act_gm(acts, l - 1), relu[l - 1], grad_b[l - 1][k],
+                 gate_gm(l - 1), gate_grad_gm(l - 1, k));
     }
     gy = g_in;
   }
@@ -296,8 +353,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> grouped
     grad_x = grad_x.squeeze(0);
     for (auto& g : grad_w) g = weight_grad ? g.squeeze(0) : g;
     for (auto& g : grad_b) g = g.squeeze(0);
+    for (int64_t l = 0; l < L; ++l) grad_gate[l] = gate[l].defined() ? grad_gate[l].squeeze(0) : grad_gate[l];
   }
-  return {grad_x, grad_w, grad_b};
+  return {grad_x, grad_w, grad_b, grad_gate};
 }
 
 TORCH_LIBRARY_IMPL(mtlk, CPU, m) {

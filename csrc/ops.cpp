@@ -54,12 +54,18 @@ TORCH_LIBRARY(mtlk, m) {
   // Grouped MLP (csrc/grouped_mlp.h): G parallel MLPs, activations [B, G, width].
   // x [B, in] with shared_input (weights[0] [in, G, out0]) or [B, G, in] (weights[0] [G, in, out0]);
   // weights[l >= 1] [G, in_l, out_l]; biases[l] [G, out_l]; relu[l] = ReLU after layer l.
-  // Returns every layer's (post-ReLU) activation: [G, B, out_l] for l < L-1 (group-major),
+  // gates: None, or per layer None or [B, G, out_l] PPNet gate logits u (the layer's output is
+  // multiplied by 2 sigmoid(u)).
+  // Returns every layer's (post-ReLU, gated) activation: [G, B, out_l] for l < L-1 (group-major),
   // then the output [B, G, out].
-  m.def("grouped_mlp(Tensor x, Tensor[] weights, Tensor[] biases, bool[] relu, bool shared_input) -> Tensor[]");
+  m.def(
+      "grouped_mlp(Tensor x, Tensor[] weights, Tensor[] biases, bool[] relu, bool shared_input, "
+      "Tensor?[]? gates=None) -> Tensor[]");
   // grads[l] = gradient of activation l or None. Returns (grad_x or [0]-sized when !input_grad,
-  // grad weights or [0]-sized ones when !weight_grad, grad biases).
+  // grad weights or [0]-sized ones when !weight_grad, grad biases, grad gate logits or [0]-sized
+  // ones for ungated layers).
   m.def(
       "grouped_mlp_backward(Tensor?[] grads, Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] activations, "
-      "bool[] relu, bool shared_input, bool input_grad, bool weight_grad=True) -> (Tensor, Tensor[], Tensor[])");
+      "bool[] relu, bool shared_input, bool input_grad, bool weight_grad=True, Tensor?[]? gates=None) "
+      "-> (Tensor, Tensor[], Tensor[], Tensor[])");
 }

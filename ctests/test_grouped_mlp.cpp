@@ -56,8 +56,8 @@ void test_against_aten(int64_t B, int64_t G, std::vector<int64_t> widths, bool s
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mtlk::grouped_mlp", "")
                        .typed<std::vector<at::Tensor>(const at::Tensor&, at::TensorList, at::TensorList,
-                                                      const c10::List<bool>&, bool)>();
-  const at::Tensor out = op.call(x, w, b, relu, shared).back();
+                                                      const c10::List<bool>&, bool, const mtlk::GateList&)>();
+  const at::Tensor out = op.call(x, w, b, relu, shared, std::nullopt).back();
   const at::Tensor grad = at::randn_like(out);
   std::vector<at::Tensor> inputs{x};
   inputs.insert(inputs.end(), w.begin(), w.end());

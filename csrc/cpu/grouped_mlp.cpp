@@ -1,7 +1,8 @@
 // Grouped MLP, CPU epilogues over [G, R, C] blocks (group, row, column; unit column stride,
 // any group and row strides, so [B, G, w] activations and [G, B, w] product scratch are both
-// read and written in place): bias + ReLU after the products, and the fused backward pass
-// (add the output's own gradient, ReLU mask, bias-gradient column sums). One pass each, one
+// read and written in place): bias + ReLU (+ PPNet gate 2 sigmoid(u)) after the products, and
+// the fused backward pass (add the output's own gradient, gate and gate-logit gradient, ReLU
+// mask, bias-gradient column sums). One pass each, one
 // call for all groups, vectorised over columns with at::vec, parallel over blocks of rows
 // (per-thread column sums added at the end). bfloat16/half are widened to float.
 #include <ATen/Dispatch.h>
@@ -87,8 +88,15 @@ struct Lanes {
   }
 };
 
+// sigmoid(u) lane-wise: 0 for u = -inf, 1 for u = +inf, NaN kept.
+template <typename VecA>
+VecA sigmoid(const VecA& u) {
+  return (VecA(1) + u.neg().exp()).reciprocal();
+}
+
 template <typename T>
-void bias_relu_kernel(Block<T> dst, Block<T> src, const T* bias, int64_t G, int64_t R, int64_t C, bool relu) {
+void bias_relu_kernel(Block<T> dst, Block<T> src, const T* bias, Block<T> gate, int64_t G, int64_t R, int64_t C,
+                      bool relu) {
   using L = Lanes<T>;
   using VecA = typename L::VecA;
   for_row_blocks(G, R, C, [&](int64_t r0, int64_t r1) {
@@ -107,6 +115,11 @@ void bias_relu_kernel(Block<T> dst, Block<T> src, const T* bias, int64_t G, int6
             lo = VecA::blendv(lo, VecA(0), lo < VecA(0));
             hi = VecA::blendv(hi, VecA(0), hi < VecA(0));
           }
+          if (gate.p) {  // * 2 sigmoid(u)
+            auto [ulo, uhi] = L::load(gate.row(g, r) + j, n);
+            lo = lo * (VecA(2) * sigmoid(ulo));
+            hi = hi * (VecA(2) * sigmoid(uhi));
+          }
           L::store(y + j, lo, hi, n);
         }
       }
@@ -115,8 +128,8 @@ void bias_relu_kernel(Block<T> dst, Block<T> src, const T* bias, int64_t G, int6
 }
 
 template <typename T>
-void relu_grad_kernel(Block<T> dst, Block<T> src, Block<T> extra, Block<T> act, T* bias_grad, int64_t G, int64_t R,
-                      int64_t C, bool relu) {
+void relu_grad_kernel(Block<T> dst, Block<T> src, Block<T> extra, Block<T> act, T* bias_grad, Block<T> gate,
+                      Block<T> gate_grad, int64_t G, int64_t R, int64_t C, bool relu) {
   using L = Lanes<T>;
   using Acc = typename L::Acc;
   using VecA = typename L::VecA;
@@ -138,10 +151,18 @@ void relu_grad_kernel(Block<T> dst, Block<T> src, Block<T> extra, Block<T> act, 
             lo = lo + elo;
             hi = hi + ehi;
           }
-          if (relu) {
+          if (gate.p || relu) {
             auto [alo, ahi] = L::load(act.row(g, r) + j, n);
-            lo = VecA::blendv(VecA(0), lo, alo > VecA(0));
-            hi = VecA::blendv(VecA(0), hi, ahi > VecA(0));
+            if (gate.p) {  // act = y * s, s = 2 sigmoid(u): d/du = v * act * sigmoid(-u); d/dy = v * s
+              auto [ulo, uhi] = L::load(gate.row(g, r) + j, n);
+              L::store(gate_grad.row(g, r) + j, lo * alo * sigmoid(ulo.neg()), hi * ahi * sigmoid(uhi.neg()), n);
+              lo = lo * (VecA(2) * sigmoid(ulo));
+              hi = hi * (VecA(2) * sigmoid(uhi));
+            }
+            if (relu) {  // act > 0 exactly where y > 0 (s > 0), and where s underflows v is 0 already
+              lo = VecA::blendv(VecA(0), lo, alo > VecA(0));
+              hi = VecA::blendv(VecA(0), hi, ahi > VecA(0));
+            }
           }
           if (dst.p) L::store(dst.row(g, r) + j, lo, hi, n);
           Acc* a = acc_g + j;  // lanes past n were loaded as zeros and add nothing
@@ -168,24 +189,31 @@ void check_block(const at::Tensor& t, const char* what, at::IntArrayRef shape) {
 
 }  // namespace
 
-void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu) {
+void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu,
+                const at::Tensor& gate) {
   if (dst.numel() == 0) return;
   check_block(dst, "output", dst.sizes());
   check_block(src, "product", dst.sizes());
+  if (gate.defined()) check_block(gate, "gate", dst.sizes());
   const int64_t G = dst.size(0), R = dst.size(1), C = dst.size(2);
   const at::Tensor b = bias.contiguous();
   TORCH_CHECK(b.numel() == G * C, "grouped_mlp: internal error, bias has ", b.numel(), " elements for ", G, "x", C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dst.scalar_type(), "grouped_mlp_bias_relu", [&] {
-    bias_relu_kernel<scalar_t>(block<scalar_t>(dst), block<scalar_t>(src), b.const_data_ptr<scalar_t>(), G, R, C,
-                               relu);
+    bias_relu_kernel<scalar_t>(block<scalar_t>(dst), block<scalar_t>(src), b.const_data_ptr<scalar_t>(),
+                               block<scalar_t>(gate), G, R, C, relu);
   });
 }
 
 void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,
-                const at::Tensor& act, bool relu, const at::Tensor& bias_grad) {
+                const at::Tensor& act, bool relu, const at::Tensor& bias_grad, const at::Tensor& gate,
+                const at::Tensor& gate_grad) {
   if (src.numel() == 0) {  // an empty batch: the bias gradient is a sum over no rows
     bias_grad.zero_();
     return;
+  }
+  if (gate.defined()) {
+    check_block(gate, "gate", src.sizes());
+    check_block(gate_grad, "gate gradient", src.sizes());
   }
   check_block(src, "gradient", src.sizes());
   check_block(act, "activation", src.sizes());
@@ -196,7 +224,8 @@ void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optiona
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, src.scalar_type(), "grouped_mlp_relu_grad", [&] {
     relu_grad_kernel<scalar_t>(block<scalar_t>(dst), block<scalar_t>(src),
                                block<scalar_t>(extra.has_value() ? *extra : at::Tensor()), block<scalar_t>(act),
-                               bias_grad.data_ptr<scalar_t>(), G, R, C, relu);
+                               bias_grad.data_ptr<scalar_t>(), block<scalar_t>(gate), block<scalar_t>(gate_grad), G,
+                               R, C, relu);
   });
 }
 

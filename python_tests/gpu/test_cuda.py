@@ -54,7 +54,8 @@ def test_gate_mix(backend, dtype, B, T, X, D, masked, strided):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("shared_input", [True, False])
 @pytest.mark.parametrize("B,G,widths", [(1, 1, (3, 2)), (64, 8, (96, 64, 32)), (300, 3, (17, 33, 5))])
-def test_grouped_mlp(dtype, shared_input, B, G, widths):
+@pytest.mark.parametrize("gated", [False, True], ids=["plain", "ppnet-gates"])
+def test_grouped_mlp(dtype, shared_input, B, G, widths, gated):
     if not _extension.native_available() or not _extension.native_has_kernel("grouped_mlp", "cuda"):
         pytest.skip("mtlkernels._C built without CUDA")
     torch.manual_seed(B + G)
@@ -67,11 +68,13 @@ def test_grouped_mlp(dtype, shared_input, B, G, widths):
         bs.append(torch.randn(G, widths[i + 1], device=CUDA, dtype=dtype).requires_grad_())
     relu = [True] * (len(ws) - 1) + [False]
     x = x.requires_grad_()
-    out = grouped_mlp(x, ws, bs, relu, shared_input=shared_input, backend="native")
-    ref = grouped_mlp(x, ws, bs, relu, shared_input=shared_input, backend="reference")
+    us = [torch.randn(B, G, w, device=CUDA, dtype=dtype).requires_grad_() for w in widths[1:]] if gated else None
+    out = grouped_mlp(x, ws, bs, relu, shared_input=shared_input, gates=us, backend="native")
+    ref = grouped_mlp(x, ws, bs, relu, shared_input=shared_input, gates=us, backend="reference")
     torch.testing.assert_close(out, ref, **TOL[dtype])
     go = torch.randn_like(out)
-    for a, b in zip(grads(out, [x, *ws, *bs], go), grads(ref, [x, *ws, *bs], go)):
+    leaves = [x, *ws, *bs, *(us or [])]
+    for a, b in zip(grads(out, leaves, go), grads(ref, leaves, go)):
         torch.testing.assert_close(a, b, **TOL[dtype])
 
 
@@ -132,10 +135,16 @@ def test_solvers_match_the_cpu_kernels(T):
 
 
 @pytest.mark.parametrize("make", [lambda: mnn.MMoE(40, 3, 6, (64, 32), (16,)),
-                                  lambda: mnn.PLE(40, 2, [2, 1], 2, (32,), (8,), num_levels=2)])
+                                  lambda: mnn.PLE(40, 2, [2, 1], 2, (32,), (8,), num_levels=2),
+                                  lambda: mnn.PEPNet(40, 3, [0, 1, 2, 3], [4, 5], (64, 32)),
+                                  lambda: mnn.MMoE(40, 2, 4, (32, 16), (8,), expert_gate_columns=[0, 1])])
 def test_a_model_step_on_the_gpu_matches_the_cpu(make):
     torch.manual_seed(0)
     model = make().double()
+    for module in model.modules():  # gates away from their initial 1
+        if isinstance(module, mnn.GateNUs):
+            for net in module.nets:
+                net.layers[-1].reset_parameters()
     x = torch.randn(128, 40, dtype=F64)
     params = list(model.parameters())
     cpu_out = model(x)

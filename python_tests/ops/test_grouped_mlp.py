@@ -348,10 +348,10 @@ def test_backward_of_n_task_gradients_equals_one_call_per_task(case, intermediat
     N = 3
     grads = [torch.randn(N, *a.shape, dtype=dtype) if intermediate or l == L - 1 else None
              for l, a in enumerate(acts)]
-    gx, gw, gb = torch.ops.mtlk.grouped_mlp_backward(grads, x, weights, biases, acts, relu, shared, input_grad)
+    gx, gw, gb, _ = torch.ops.mtlk.grouped_mlp_backward(grads, x, weights, biases, acts, relu, shared, input_grad)
     assert gx.shape == (N, *(x.shape if input_grad else (0, *x.shape[1:])))
     for k in range(N):
-        ex, ew, eb = torch.ops.mtlk.grouped_mlp_backward([None if g is None else g[k] for g in grads], x, weights,
+        ex, ew, eb, _ = torch.ops.mtlk.grouped_mlp_backward([None if g is None else g[k] for g in grads], x, weights,
                                                          biases, acts, relu, shared, input_grad)
         torch.testing.assert_close(gx[k], ex, **TOL[dtype])
         for a, e in zip(gw + gb, ew + eb):
