@@ -10,7 +10,7 @@ from mtlkernels import balance
 from mtlkernels import nn as mnn
 from mtlkernels.data.errors import DataError
 
-MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "esmm", "esm2", "aitm")
+MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "pepnet", "esmm", "esm2", "aitm")
 METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g",
            "aligned-mtl", "upgrad", "dualproj", "cagrad", "nash-mtl", "famo")
 #: methods that take the task gradients at the shared representation (MGDA-UB style)
@@ -51,18 +51,31 @@ def build_model(name: str, features: mnn.FeatureSchema, schema, s: dict[str, Any
     """The model ``name`` fed by a ``FeatureEmbedding`` of ``features``, for the tasks of the data
     ``schema``. Settings used: ``experts``, ``expert_hidden``, ``tower_hidden``, ``bottom_hidden``,
     ``task_experts``, ``shared_experts``, ``levels``, ``dselect_k``, ``dselect_gates``, ``dselect_entropy``,
-    ``dropout``, ``batch_norm``. AITM gets its
+    ``gate_fields``, ``domain_fields``, ``gate_hidden``, ``dropout``, ``batch_norm``. PEPNet's towers are
+    ``bottom_hidden + tower_hidden`` deep (every hidden layer gated), its gate fields default to every
+    sparse and bag field. AITM gets its
     behavioural calibrator (alpha 0.6) only when the tasks form a funnel (``is_funnel``); on other
     tasks (Census' income, never_married) it keeps the information transfer and drops the
     calibrator, whose premise (a later step is never likelier) does not hold there."""
     num_tasks = len(schema.tasks)
     d = features.output_dim
     kw = {"dropout": s["dropout"], "batch_norm": s["batch_norm"]}
+    def columns(names, flag):
+        try:
+            return features.columns(names, flag)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    gate_hidden = s["gate_hidden"] or None
     if name == "shared-bottom":
         model = mnn.SharedBottom(d, num_tasks, s["bottom_hidden"], s["tower_hidden"], **kw)
     elif name in ("mmoe", "omoe"):
-        cls = mnn.MMoE if name == "mmoe" else mnn.OMoE
-        model = cls(d, num_tasks, s["experts"], s["expert_hidden"], s["tower_hidden"], **kw)
+        if name == "mmoe":
+            model = mnn.MMoE(d, num_tasks, s["experts"], s["expert_hidden"], s["tower_hidden"],
+                             expert_gate_columns=columns(s["gate_fields"], "--gate-fields"), expert_gate_hidden=gate_hidden,
+                             **kw)
+        else:
+            model = mnn.OMoE(d, num_tasks, s["experts"], s["expert_hidden"], s["tower_hidden"], **kw)
     elif name in ("cgc", "ple"):
         levels = 1 if name == "cgc" else s["levels"]
         model = mnn.PLE(d, num_tasks, s["task_experts"], s["shared_experts"], s["expert_hidden"],
@@ -72,6 +85,13 @@ def build_model(name: str, features: mnn.FeatureSchema, schema, s: dict[str, Any
             raise ConfigError(f"--dselect-k {s['dselect_k']}: more selected experts than --experts {s['experts']}")
         model = mnn.DSelectK(d, num_tasks, s["experts"], s["dselect_k"], s["expert_hidden"], s["tower_hidden"],
                              per_example=s["dselect_gates"] == "per-example", entropy_weight=s["dselect_entropy"], **kw)
+    elif name == "pepnet":
+        if not s["gate_fields"] and not (features.sparse or features.bags):
+            raise ConfigError("--model pepnet: the data has no sparse or bag field to feed its gates")
+        gate_fields = s["gate_fields"] or [f.name for f in (*features.sparse, *features.bags)]
+        model = mnn.PEPNet(d, num_tasks, columns(gate_fields, "--gate-fields"),
+                           columns(s["domain_fields"], "--domain-fields"), (*s["bottom_hidden"], *s["tower_hidden"]),
+                           gate_hidden=gate_hidden, **kw)
     elif name == "esmm":
         model = mnn.ESMM(d, s["bottom_hidden"], **kw)
     elif name == "esm2":

@@ -59,6 +59,13 @@ def width_list(text: str) -> list[int]:
     return widths
 
 
+def name_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated field names like user_id,item_id, got {text!r}")
+    return names
+
+
 def _cmd_info(args) -> int:
     print(json.dumps(mtlkernels.build_info(), indent=2))
     return 0
@@ -108,9 +115,13 @@ TRAIN_FLAGS = {
     "dselect_k": (positive_int, "experts each DSelect-k gate selects (default 2)"),
     "dselect_gates": (str, "DSelect-k gates: per-example (default) | static (one selection per task)"),
     "dselect_entropy": (float, "weight of DSelect-k's entropy regulariser (default 1e-6; 0.1 binarises static gates)"),
+    "gate_fields": (name_list, "PPNet gate fields, e.g. user_id,item_id (pepnet: default every sparse/bag field; "
+                               "mmoe: gates its experts)"),
+    "domain_fields": (name_list, "EPNet domain fields of pepnet, e.g. heavy (default: none, no EPNet)"),
+    "gate_hidden": (nonnegative_int, "hidden width of every Gate NU (default 0: the gated layer's width)"),
     "expert_hidden": (width_list, "expert widths, e.g. 256,128"),
     "tower_hidden": (width_list, "tower widths, e.g. 64"),
-    "bottom_hidden": (width_list, "shared-bottom / entire-space tower widths"),
+    "bottom_hidden": (width_list, "shared-bottom / entire-space tower widths (pepnet: its towers' first layers)"),
     "dropout": (float, "dropout rate"),
     "diagnostics_every": (nonnegative_int, "steps between task-gradient cosine samples (0: never)"),
 }

@@ -46,6 +46,9 @@ class TrainConfig:
     dselect_k: int = 2               # experts each DSelect-k gate selects
     dselect_gates: str = "per-example"  # per-example | static DSelect-k gates
     dselect_entropy: float = 1e-6    # weight of DSelect-k's entropy regulariser
+    gate_fields: list = field(default_factory=list)    # PPNet prior fields (pepnet: [] = every sparse/bag field)
+    domain_fields: list = field(default_factory=list)  # EPNet domain fields (pepnet)
+    gate_hidden: int = 0             # Gate NU hidden width (0: the gated layer's width)
     expert_hidden: list = field(default_factory=lambda: [256, 128])
     tower_hidden: list = field(default_factory=lambda: [64])
     bottom_hidden: list = field(default_factory=lambda: [256, 128])
@@ -127,7 +130,8 @@ def check(c: TrainConfig) -> None:
 
     for name in ("epochs", "batch_size", "embedding_dim", "experts", "levels", "eval_batch_size", "dselect_k"):
         positive(name)
-    for name in ("threads", "patience", "diagnostics_every", "task_experts", "shared_experts", "seed", "dense_bins"):
+    for name in ("threads", "patience", "diagnostics_every", "task_experts", "shared_experts", "seed", "dense_bins",
+                 "gate_hidden"):
         positive(name, 0)
     if c.task_experts == 0 and c.shared_experts == 0:
         raise ConfigError("task-experts and shared-experts cannot both be 0")
@@ -154,5 +158,16 @@ def check(c: TrainConfig) -> None:
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
     if not c.data:
         raise ConfigError(f"data must be one of {', '.join(BUILTIN_DATA)} or a file path, got {c.data!r}")
+    for name in ("gate_fields", "domain_fields"):
+        v = getattr(c, name)
+        if not isinstance(v, (list, tuple)) or any(not isinstance(f, str) or not f for f in v):
+            raise ConfigError(f"{name.replace('_', '-')} must be a list of field names, got {v!r}")
+    if c.gate_fields and c.model not in ("pepnet", "mmoe"):
+        raise ConfigError(f"gate-fields applies to --model pepnet (its towers) and mmoe (its experts), "
+                          f"got --model {c.model}")
+    if c.gate_hidden and c.model != "pepnet" and not c.gate_fields:
+        raise ConfigError(f"gate-hidden applies to --model pepnet and to mmoe with gate-fields, got --model {c.model}")
+    if c.domain_fields and c.model != "pepnet":
+        raise ConfigError(f"domain-fields (EPNet) applies to --model pepnet, got --model {c.model}")
     if any(not isinstance(t, str) or not t for t in c.tasks):
         raise ConfigError(f"tasks must be a list of task names, got {c.tasks!r}")

@@ -7,9 +7,10 @@ from mtlkernels.nn.features import FeatureEmbedding, FeatureSchema, SparseField,
 from mtlkernels.nn.gates import Gates
 from mtlkernels.nn.grouped import GroupedLinear, GroupedMLP
 from mtlkernels.nn.mmoe import MMoE, OMoE, SharedBottom
+from mtlkernels.nn.pepnet import GateNUs, PEPNet
 from mtlkernels.nn.ple import CGC, PLE
 from mtlkernels.nn.towers import Towers
 
-__all__ = ["AITM", "CGC", "ESM2", "ESMM", "FeatureEmbedding", "FeatureSchema", "Gates", "GroupedLinear",
-           "GroupedMLP", "MMoE", "MultiTaskModel", "OMoE", "PLE", "SharedBottom", "SparseField", "Towers",
+__all__ = ["AITM", "CGC", "DSelectK", "DSelectKGates", "ESM2", "ESMM", "FeatureEmbedding", "FeatureSchema", "GateNUs", "Gates", "GroupedLinear",
+           "GroupedMLP", "MMoE", "MultiTaskModel", "OMoE", "PEPNet", "PLE", "SharedBottom", "SparseField", "Towers",
            "WithFeatures"]

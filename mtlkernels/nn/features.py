@@ -72,6 +72,25 @@ class FeatureSchema:
         return (len(self.sparse) + len(self.bags)) * self.embedding_dim + dense
 
 
+    def columns(self, names, what: str = "fields") -> list[int]:
+        """The columns of the ``FeatureEmbedding`` output that hold the embeddings of the sparse or
+        bag fields ``names`` (one E-slot each, in the order given). A ValueError names an unknown
+        field, a dense one, or a repeated one."""
+        slots = [f.name for f in (*self.sparse, *self.bags)]
+        E = self.embedding_dim
+        out, seen = [], set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"{what}: field {name!r} named twice")
+            seen.add(name)
+            if name not in slots:
+                kind = "a dense column (gates read embeddings)" if name in self.dense else "not a feature"
+                raise ValueError(f"{what}: {name!r} is {kind}; sparse and bag fields: {', '.join(slots) or 'none'}")
+            k = slots.index(name)
+            out.extend(range(k * E, (k + 1) * E))
+        return out
+
+
 class FeatureEmbedding(nn.Module):
     """``(sparse_ids [B, F] int, dense [B, Fd] float, bags) -> x [B, schema.output_dim]``.
 

@@ -56,9 +56,11 @@ class GroupedLinear(nn.Module):
         w = self.weight[:, g] if self.shared_input else self.weight[g]
         return w.t()
 
-    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
-        """``[B, in]`` or ``[B, G, in]`` -> ``[B, G, out]``; ``relu=True`` fuses a ReLU."""
-        return grouped_mlp(x, [self.weight], [self.bias], [relu], shared_input=self.shared_input)
+    def forward(self, x: Tensor, relu: bool = False, gate: Tensor | None = None) -> Tensor:
+        """``[B, in]`` or ``[B, G, in]`` -> ``[B, G, out]``; ``relu=True`` fuses a ReLU, ``gate``
+        (``[B, G, out]`` logits u) fuses the PPNet scaling by ``2 sigmoid(u)`` after it."""
+        return grouped_mlp(x, [self.weight], [self.bias], [relu], shared_input=self.shared_input,
+                           gates=None if gate is None else [gate])
 
     def extra_repr(self) -> str:
         return (f"groups={self.groups}, in_features={self.in_features}, out_features={self.out_features}, "
@@ -102,21 +104,31 @@ class GroupedMLP(nn.Module):
     def _activated(self, i: int) -> bool:
         return i < len(self.layers) - 1 or self.last_activation
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, gates: list[Tensor | None] | None = None) -> Tensor:
+        """``gates``: None, or per layer None or ``[B, G, width_l]`` PPNet gate logits u: layer l's
+        activated output is multiplied by ``2 sigmoid(u)`` (before its dropout, as TorchEasyRec's
+        PPNet), fused into the layer's epilogue."""
+        if gates is not None and len(gates) != len(self.layers):
+            raise ValueError(f"GroupedMLP: gates has {len(gates)} entries for {len(self.layers)} layers")
+        gates = gates if gates is not None else [None] * len(self.layers)
         if self.norms is None and (self.dropout == 0 or not self.training):
             relu = [self._activated(i) and self.activation == "relu" for i in range(len(self.layers))]
             return grouped_mlp(x, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
-                               relu, shared_input=self.shared_input)
+                               relu, shared_input=self.shared_input, gates=gates)
         h = x
         for i, layer in enumerate(self.layers):
             activated = self._activated(i)
-            h = layer(h, relu=activated and self.activation == "relu" and self.norms is None)
+            fused = self.norms is None or not activated  # the gate (and ReLU) in the layer's epilogue
+            h = layer(h, relu=activated and self.activation == "relu" and self.norms is None,
+                      gate=gates[i] if fused else None)
             if activated:
                 if self.norms is not None:
                     B, G, W = h.shape
                     h = self.norms[i](h.reshape(B, G * W)).view(B, G, W)
                     if self.activation == "relu":
                         h = F.relu(h)
+                    if gates[i] is not None:
+                        h = h * (2 * torch.sigmoid(gates[i]))
                 if self.dropout > 0:
                     h = F.dropout(h, self.dropout, self.training)
         return h

@@ -20,5 +20,9 @@ class Towers(nn.Module):
         self.mlp = GroupedMLP(num_tasks, in_features, [*hidden, 1], shared_input=shared_input,
                               last_activation=False, batch_norm=batch_norm, dropout=dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.mlp(x).squeeze(-1)
+    def forward(self, x: Tensor, gates: list[Tensor] | None = None) -> Tensor:
+        """``gates``: None, or one ``[B, T, hidden[l]]`` PPNet gate-logit tensor per hidden layer
+        (the logit layer is never gated)."""
+        if gates is not None and len(gates) != len(self.mlp.layers) - 1:
+            raise ValueError(f"Towers: gates has {len(gates)} entries for {len(self.mlp.layers) - 1} hidden layers")
+        return self.mlp(x, None if gates is None else [*gates, None]).squeeze(-1)

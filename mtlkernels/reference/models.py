@@ -10,8 +10,9 @@ from torch import Tensor
 from mtlkernels.nn.grouped import GroupedMLP
 
 
-def group_mlp(mlp: GroupedMLP, g: int, x: Tensor) -> Tensor:
-    """Group g's MLP of a GroupedMLP on ``x [B, in]`` (no batch norm, eval-mode dropout)."""
+def group_mlp(mlp: GroupedMLP, g: int, x: Tensor, gates: list[Tensor | None] | None = None) -> Tensor:
+    """Group g's MLP of a GroupedMLP on ``x [B, in]`` (no batch norm, eval-mode dropout); layer l's
+    output times ``gates[l] [B, width_l]`` where given (PPNet)."""
     if mlp.norms is not None:
         raise ValueError("reference models: batch norm is not modelled")
     h = x
@@ -20,7 +21,18 @@ def group_mlp(mlp: GroupedMLP, g: int, x: Tensor) -> Tensor:
         h = F.linear(h, layer.group_weight(g), None if layer.bias is None else layer.bias[g])
         if (i < last or mlp.last_activation) and mlp.activation == "relu":
             h = torch.relu(h)
+        if gates is not None and gates[i] is not None:
+            h = h * gates[i]
     return h
+
+
+def gate_nu(nets, g: int, prior: Tensor) -> list[Tensor]:
+    """Group g's Gate NU of each layer: ``2 sigmoid(W2 relu(W1 p + b1) + b2)`` per layer, [B, w_l]."""
+    return [2 * torch.sigmoid(group_mlp(net, g, prior)) for net in nets.nets]
+
+
+def prior(x: Tensor, columns: Tensor, general: Tensor) -> Tensor:
+    return torch.cat([x[:, columns.tolist()], general.detach()], dim=1)
 
 
 def gate_mixture(gates, g: int, visible: list[int], x: Tensor, experts: list[Tensor]) -> Tensor:
@@ -37,7 +49,9 @@ def towers(model, inputs: list[Tensor]) -> Tensor:
 def mmoe(model, x: Tensor) -> Tensor:
     """MMoE / OMoE: ``y_t = tower_t(sum_e g^t(x)_e f_e(x))`` (OMoE: one gate for all towers)."""
     X = model.num_experts
-    experts = [group_mlp(model.experts, e, x) for e in range(X)]
+    p = prior(x, model.expert_gate_columns, x) if model.expert_gates is not None else None
+    experts = [group_mlp(model.experts, e, x, None if p is None else gate_nu(model.expert_gates, e, p))
+               for e in range(X)]
     mixtures = [gate_mixture(model.gates, g, list(range(X)), x, experts) for g in range(model.gates.num_gates)]
     if len(mixtures) == 1:
         mixtures = mixtures * model.num_tasks
@@ -105,3 +119,15 @@ def ple(model, x: Tensor) -> Tensor:
             shared_in = gate_mixture(level.gates, T, list(range(len(experts))), shared_in, experts)
         task_in = new_task_in
     return towers(model, task_in)
+
+
+def pepnet(model, x: Tensor) -> Tensor:
+    """PEPNet: ``h = x * 2 sigmoid(GateNU(x_domain (+) sg(x)))`` (EPNet, if any); tower t's hidden
+    layer l times ``2 sigmoid(GateNU_{t,l}(x_prior (+) sg(h)))`` (PPNet)."""
+    h = x
+    if model.epnet is not None:
+        (gate,) = gate_nu(model.epnet, 0, prior(x, model.domain_columns, x))
+        h = x * gate
+    p = prior(x, model.prior_columns, h)
+    return torch.cat([group_mlp(model.towers.mlp, t, h, [*gate_nu(model.task_gates, t, p), None])
+                      for t in range(model.num_tasks)], dim=1)

@@ -25,6 +25,16 @@ def assert_same_forward_backward(model, reference_fn, x):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=f"gradient of {name}")
 
 
+def randomised(model):
+    """The model with its Gate NUs' zero-initialised last layers drawn like a Linear's (gates then
+    differ from 1, so the references test them)."""
+    for module in model.modules():
+        if isinstance(module, mnn.GateNUs):
+            for net in module.nets:
+                net.layers[-1].reset_parameters()
+    return model
+
+
 MODELS = {
     "shared_bottom": (lambda: mnn.SharedBottom(12, 3, (16, 8), (6,)), ref.shared_bottom),
     "omoe": (lambda: mnn.OMoE(12, 3, 4, (16, 8), (6,)), ref.mmoe),
@@ -38,6 +48,11 @@ MODELS = {
     "dselect-k-per-example": (lambda: mnn.DSelectK(12, 3, 5, 2, (9, 6), (4,)), ref.dselect_k),
     "dselect-k-static": (lambda: mnn.DSelectK(12, 2, 4, 3, (7,), (), per_example=False), ref.dselect_k),
     "dselect-k-one-expert": (lambda: mnn.DSelectK(12, 2, 1, 1, (5,), (3,)), ref.dselect_k),
+    "pepnet": (lambda: randomised(mnn.PEPNet(12, 3, [0, 1, 2, 5], [3, 4], (9, 6))), ref.pepnet),
+    "pepnet-no-domain-gate-hidden": (lambda: randomised(mnn.PEPNet(12, 2, [7, 8], (), (5,), gate_hidden=4)),
+                                     ref.pepnet),
+    "mmoe-expert-gates": (lambda: randomised(mnn.MMoE(12, 3, 4, (8, 6), (5,), expert_gate_columns=[0, 1, 2])),
+                          ref.mmoe),
 }
 
 

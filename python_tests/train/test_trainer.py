@@ -48,12 +48,35 @@ def test_every_method_trains_and_reports(method, tmp_path):
 
 
 @pytest.mark.parametrize("model,tasks", [("shared-bottom", []), ("omoe", []), ("mmoe", []), ("cgc", []), ("ple", []),
-                                         ("dselect-k", []), ("esmm", ["click", "conversion"]), ("esm2", ["click", "like", "conversion"]),
+                                         ("dselect-k", []), ("pepnet", []), ("esmm", ["click", "conversion"]), ("esm2", ["click", "like", "conversion"]),
                                          ("aitm", ["click", "conversion"])])
 def test_every_model_trains(model, tasks):
     m = Trainer(config(model=model, tasks=tasks, epochs=1)).fit()
     assert m["tasks"] == (tasks or m["tasks"])
     assert all(math.isfinite(m["final"]["valid"][t]["loss"]) for t in m["tasks"])
+
+
+@pytest.mark.parametrize("settings", [dict(model="pepnet", gate_fields=["user_id", "item_id"], domain_fields=["heavy"]),
+                                      dict(model="pepnet", gate_fields=["interests"], gate_hidden=4),
+                                      dict(model="mmoe", gate_fields=["user_id"])], ids=["pepnet", "bag-gate", "mmoe"])
+def test_personalised_gates_train(settings):
+    t = Trainer(config(epochs=1, **settings))
+    inner = t.model.model
+    m = t.fit()
+    assert all(math.isfinite(m["final"]["valid"][k]["loss"]) for k in m["tasks"])
+    gates = inner.task_gates if settings["model"] == "pepnet" else inner.expert_gates
+    assert any(torch.count_nonzero(net.layers[-1].weight) for net in gates.nets)  # the gates learned
+    if settings.get("domain_fields"):
+        assert inner.epnet is not None and inner.domain_columns.numel() == 4  # one embedding slot
+
+
+@pytest.mark.parametrize("fields,match", [(["age"], "--gate-fields: 'age' is not a feature"),
+                                          (["user_activity"], "--gate-fields: 'user_activity' is a dense column")])
+def test_gate_fields_must_be_embedded_fields_of_the_data(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        Trainer(config(model="pepnet", gate_fields=fields))
+    with pytest.raises(ConfigError, match=match):
+        Trainer(config(model="mmoe", gate_fields=fields))
 
 
 def test_dselect_k_refuses_more_selected_experts_than_experts():
