@@ -234,11 +234,13 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from mtlkernels.scoring import evaluate_run
 
-    result = evaluate_run(args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint)
+    result = evaluate_run(args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint, by=args.by)
     for line in result["notes"]:
         print(line)
     print("\n".join(_table(f"{result['source']} ({args.checkpoint} checkpoint):", result["metrics"],
                            result["tasks"])))
+    for value, seg in result.get("segments", {}).items():
+        print("\n".join(_table(f"{args.by} = {value} ({seg['rows']:,} rows):", seg["metrics"], result["tasks"])))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
@@ -267,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"),
                     help="split of the run's data to score (ignored with a file)")
     ev.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    ev.add_argument("--by", default=None, metavar="FIELD",
+                    help="also score each value of this sparse field apart (e.g. heavy: heavy users vs the others)")
     ev.add_argument("--json", default=None, metavar="FILE", help="also write the metrics to FILE")
     ev.set_defaults(fn=_cmd_evaluate)
 

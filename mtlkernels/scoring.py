@@ -14,11 +14,31 @@ from mtlkernels.config import TrainConfig
 from mtlkernels.data import DataError, MultiTaskData, Preprocessor, TabularData, apply_preprocessing, read_table
 
 
+#: most values a ``--by`` field may take in the scored rows (one table per value)
+MAX_SEGMENTS = 20
+
+
+def segments(table: TabularData, pre: Preprocessor, field: str) -> list[tuple[str, torch.Tensor]]:
+    """``(value, row indices)`` per value of the sparse field ``field`` in ``table`` (its raw
+    values from the run's vocabulary; unseen ones are ``<out of vocabulary>``)."""
+    sparse = list(pre.schema.sparse)
+    if field not in sparse:
+        raise ConfigError(f"--by {field}: not a sparse field of the run's data; sparse fields: "
+                          f"{', '.join(sparse) or 'none'}")
+    values, inverse = torch.unique(table.sparse[:, sparse.index(field)], return_inverse=True)
+    if values.numel() > MAX_SEGMENTS:
+        raise ConfigError(f"--by {field}: {values.numel():,} values in the scored rows; a segment field may take "
+                          f"at most {MAX_SEGMENTS}")
+    names = ["<out of vocabulary>" if v == 0 else pre.vocab[field][v - 1] for v in values.tolist()]
+    return [(name, torch.nonzero(inverse == i).squeeze(1)) for i, name in enumerate(names)]
+
+
 def evaluate_run(run_dir: str, *, data: str | None = None, split: str = "test",
-                 checkpoint: str = "best") -> dict[str, Any]:
+                 checkpoint: str = "best", by: str | None = None) -> dict[str, Any]:
     """Metrics of the run's ``checkpoint`` model on ``split`` of its own data, or on the file
     ``data`` (read with the run's saved preprocessing: same columns, its vocabularies and
-    standardisation, nothing re-learned)."""
+    standardisation, nothing re-learned); with ``by`` (a sparse field) also per value of that
+    field (``"segments"``: value -> rows and metrics), e.g. heavy users against the others."""
     from mtlkernels.train import Trainer, load_data, read_checkpoint
 
     s = read_checkpoint(run_dir, checkpoint)
@@ -29,7 +49,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, split: str = "test",
         if md.preprocessor.state_dict() != s["preprocessor"]:
             raise DataError(f"{run_dir}: its data ({config.data}) no longer gives the preprocessing the model was "
                             "trained with (the file changed?); score a file with --data FILE instead")
-        table, source = md.splits[split], f"{config.data} {split}"
+        table, source, pre = md.splits[split], f"{config.data} {split}", md.preprocessor
     else:
         if not os.path.exists(data):
             raise ConfigError(f"--data {data}: no such file (evaluate takes the run's own data or a file)")
@@ -43,12 +63,22 @@ def evaluate_run(run_dir: str, *, data: str | None = None, split: str = "test",
         all_names = pre.schema.task_names
         table = table.select_tasks([all_names.index(n) for n in s["tasks"]])
         md, source = None, data
+    groups = segments(table, pre, by) if by is not None else []
     trainer = Trainer(config, md if md is not None else _data_for(config, s), None)
     trainer.model.load_state_dict(s["model"])
-    metrics, losses = trainer.evaluate(table)
-    for n in trainer.names:
-        metrics[n]["loss"] = losses[n]
-    return {"run": run_dir, "source": source, "tasks": trainer.names, "metrics": metrics, "notes": notes}
+
+    def scores(rows: TabularData) -> dict[str, Any]:
+        metrics, losses = trainer.evaluate(rows)
+        for n in trainer.names:
+            metrics[n]["loss"] = losses[n]
+        return metrics
+
+    out = {"run": run_dir, "source": source, "tasks": trainer.names, "metrics": scores(table), "notes": notes}
+    if by is not None:
+        out["by"] = by
+        out["segments"] = {name: {"rows": int(idx.numel()), "metrics": scores(table.take(idx))}
+                           for name, idx in groups}
+    return out
 
 
 def _data_for(config: TrainConfig, s: dict[str, Any]):

@@ -116,6 +116,15 @@ def test_train_evaluate_compare(capsys, config, tmp_path):
     ev = json.load(open(tmp_path / "ev.json"))
     for t in m["tasks"]:
         assert ev["metrics"][t]["auc"] == pytest.approx(m["final"]["test"][t]["auc"], abs=1e-12, nan_ok=True)
+    # per segment: the heavy users and the others partition the rows; each table is the metric of its rows
+    assert cli.main(["evaluate", run, "--by", "heavy", "--json", str(tmp_path / "seg.json")]) == 0
+    out = capsys.readouterr().out
+    assert "heavy = 0 (" in out and "heavy = 1 (" in out
+    seg = json.load(open(tmp_path / "seg.json"))["segments"]
+    assert sorted(seg) == ["0", "1"] and sum(s["rows"] for s in seg.values()) == ev["metrics"]["click"]["rows"]
+    assert seg["1"]["metrics"]["click"]["rows"] == seg["1"]["rows"]
+    one_line_error(capsys, ["evaluate", run, "--by", "user_activity"], "--by user_activity: not a sparse field")
+    one_line_error(capsys, ["evaluate", run, "--by", "user_id"], "a segment field may take at most 20")
     # again into the same directory: refused, it holds a run
     one_line_error(capsys, ["train", *SMALL, "--config", config, "--out", run], "already holds a run")
     run2 = str(tmp_path / "run2")
