@@ -4,12 +4,16 @@ prints mean +- std over the seeds of each task's test AUC (uAUC where the data h
 for regression tasks).
 
     .venv/bin/python bench/reproduce.py SUITE [--seeds 0,1,2] [--only REGEX] [--out runs/reproduce] [--threads 2]
+                                              [--by FIELD]
 
 Suites: census-models (Census groups 1 and 2: Shared-Bottom, OMoE, MMoE, CGC, PLE, DSelect-k,
 AITM under EW), census-methods (group 1 MMoE under every balancing method), single-task (one model per
 Census task), synthetic (MMoE vs OMoE vs Shared-Bottom as the MMoE paper's task correlation
-falls), recsys (the recsys generator, MMoE and PLE, EW and PCGrad). Every run uses the CLI's
-defaults except what the suite names.
+falls), recsys (the recsys generator, MMoE and PLE, EW and PCGrad), heavy-users (the recsys generator,
+MMoE against PEPNet with the heavy-user flag as EPNet's domain field and user, item and category
+as PPNet's gate fields; with ``--by heavy`` also the scores of the heavy users and of the others).
+Every run uses the CLI's defaults except what the suite names. ``--by FIELD`` re-scores each
+run's best model per value of that sparse field (``mtlkernels evaluate --by``).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import re
 import statistics
 
 from mtlkernels.config import TrainConfig
+from mtlkernels.scoring import evaluate_run
 from mtlkernels.train import Trainer
 
 MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "aitm")
@@ -47,6 +52,10 @@ def suite(name: str) -> list[tuple[str, dict]]:
     if name == "recsys":
         return [(f"recsys {m} {meth}", {"data": "recsys", "model": m, "method": meth})
                 for m in ("mmoe", "ple") for meth in ("ew", "pcgrad")]
+    if name == "heavy-users":
+        return [("recsys mmoe", {"data": "recsys"}),
+                ("recsys pepnet", {"data": "recsys", "model": "pepnet", "domain_fields": ["heavy"],
+                                   "gate_fields": ["user_id", "item_id", "category"]})]
     raise SystemExit(f"unknown suite {name!r}")
 
 
@@ -75,6 +84,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default=None, help="run only the rows whose label matches this regular expression")
+    p.add_argument("--by", default=None, metavar="FIELD", help="also score each value of this sparse field apart")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
@@ -92,9 +102,15 @@ def main() -> None:
                 else:
                     cfg = TrainConfig.from_dict({**settings, "seed": seed, "threads": args.threads, "progress": False})
                     m = Trainer(cfg, run_dir=d).fit()
+            if args.by:
+                m = {**m, "segments": evaluate_run(d, by=args.by)["segments"]}
             results.append(m)
             print(f"  done {label} seed {seed}: best epoch {m['best']['epoch']}", flush=True)
         rows.append((label, results))
+        if args.by:
+            for value in results[0]["segments"]:
+                rows.append((f"{label} {args.by}={value}",
+                             [{**r, "final": {"test": r["segments"][value]["metrics"]}} for r in results]))
     print(f"\n{args.suite}: test scores, mean +- std over seeds {seeds}")
     for label, results in rows:
         cells = []
