@@ -72,14 +72,16 @@ def build_model(name: str, features: mnn.FeatureSchema, schema, s: dict[str, Any
     elif name in ("mmoe", "omoe"):
         if name == "mmoe":
             model = mnn.MMoE(d, num_tasks, s["experts"], s["expert_hidden"], s["tower_hidden"],
-                             expert_gate_columns=columns(s["gate_fields"], "--gate-fields"), expert_gate_hidden=gate_hidden,
-                             **kw)
+                             expert_gate_columns=columns(s["gate_fields"], "--gate-fields"),
+                             expert_gate_hidden=gate_hidden, **kw)
         else:
             model = mnn.OMoE(d, num_tasks, s["experts"], s["expert_hidden"], s["tower_hidden"], **kw)
     elif name in ("cgc", "ple"):
         levels = 1 if name == "cgc" else s["levels"]
         model = mnn.PLE(d, num_tasks, s["task_experts"], s["shared_experts"], s["expert_hidden"],
-                        s["tower_hidden"], num_levels=levels, **kw)
+                        s["tower_hidden"], num_levels=levels,
+                        expert_gate_columns=columns(s["gate_fields"], "--gate-fields"), expert_gate_hidden=gate_hidden,
+                        **kw)
     elif name == "dselect-k":
         if s["dselect_k"] > s["experts"]:
             raise ConfigError(f"--dselect-k {s['dselect_k']}: more selected experts than --experts {s['experts']}")

@@ -19,6 +19,8 @@ from mtlkernels.build import METHODS, MODELS, ConfigError
 BUILTIN_DATA = ("census", "census2", "synthetic", "recsys")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DSELECT_GATES = ("per-example", "static")
+#: models with PPNet gates (``gate_fields``): PEPNet's towers, the experts of the others
+GATED_MODELS = ("pepnet", "mmoe", "cgc", "ple")
 
 
 @dataclass
@@ -162,11 +164,11 @@ def check(c: TrainConfig) -> None:
         v = getattr(c, name)
         if not isinstance(v, (list, tuple)) or any(not isinstance(f, str) or not f for f in v):
             raise ConfigError(f"{name.replace('_', '-')} must be a list of field names, got {v!r}")
-    if c.gate_fields and c.model not in ("pepnet", "mmoe"):
-        raise ConfigError(f"gate-fields applies to --model pepnet (its towers) and mmoe (its experts), "
-                          f"got --model {c.model}")
+    if c.gate_fields and c.model not in GATED_MODELS:
+        raise ConfigError(f"gate-fields applies to --model {', '.join(GATED_MODELS)} (pepnet's towers, the others' "
+                          f"experts), got --model {c.model}")
     if c.gate_hidden and c.model != "pepnet" and not c.gate_fields:
-        raise ConfigError(f"gate-hidden applies to --model pepnet and to mmoe with gate-fields, got --model {c.model}")
+        raise ConfigError(f"gate-hidden applies to --model pepnet and to models with gate-fields, got --model {c.model}")
     if c.domain_fields and c.model != "pepnet":
         raise ConfigError(f"domain-fields (EPNet) applies to --model pepnet, got --model {c.model}")
     if any(not isinstance(t, str) or not t for t in c.tasks):

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from mtlkernels.nn.base import MultiTaskModel
 from mtlkernels.nn.gates import Gates
 from mtlkernels.nn.grouped import GroupedMLP
+from mtlkernels.nn.pepnet import GateNUs, check_columns, prior_input
 from mtlkernels.nn.towers import Towers
 from mtlkernels.ops import gate_mix
 
@@ -44,10 +45,15 @@ class PLELevel(nn.Module):
     the level has both kinds, the task experts are one grouped MLP (``experts``) and the shared
     ones another (``shared``, one product on the common input), so that the task experts are
     parameters of their own, not slices of a tensor the other tasks share.
+
+    ``prior_features`` > 0: PPNet gates on every expert's hidden layers (``expert_gate_nus`` and
+    ``shared_gate_nus``, the Gate NUs of ``experts`` and ``shared``), read from a
+    ``[B, prior_features]`` prior passed to ``forward``.
     """
 
     def __init__(self, in_features: int, task_experts: Sequence[int], shared_experts: int,
-                 expert_hidden: Sequence[int], *, first: bool, shared_gate: bool, batch_norm: bool, dropout: float):
+                 expert_hidden: Sequence[int], *, first: bool, shared_gate: bool, batch_norm: bool, dropout: float,
+                 prior_features: int = 0, gate_hidden: int | None = None):
         super().__init__()
         T = len(task_experts)
         owner, visible = expert_layout(task_experts, shared_experts)
@@ -63,6 +69,10 @@ class PLELevel(nn.Module):
                                   batch_norm=batch_norm, dropout=dropout)
         self.shared = (GroupedMLP(shared_experts, in_features, expert_hidden, shared_input=True, batch_norm=batch_norm,
                                   dropout=dropout) if split else None)
+        self.expert_gate_nus = (GateNUs(self.num_grouped, prior_features, expert_hidden, gate_hidden)
+                                if prior_features else None)
+        self.shared_gate_nus = (GateNUs(shared_experts, prior_features, expert_hidden, gate_hidden)
+                                if prior_features and split else None)
         self.gates = Gates(visible, len(owner), in_features, shared_input=first, shared_gates=int(shared_gate))
         self.gate_inputs = T + 1 if shared_gate else T
 
@@ -71,18 +81,25 @@ class PLELevel(nn.Module):
         and its group index inside it."""
         return (self.experts, e) if e < self.num_grouped else (self.shared, e - self.num_grouped)
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (the level's mixtures ``[B, gates, D]``, its expert outputs ``[B, X, D]``)."""
+    def expert_gate_nus_of(self, e: int) -> tuple[GateNUs | None, int]:
+        """The Gate NUs of expert ``e`` (None without PPNet gates) and its group index."""
+        return ((self.expert_gate_nus, e) if e < self.num_grouped else (self.shared_gate_nus, e - self.num_grouped))
+
+    def forward(self, h: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns (the level's mixtures ``[B, gates, D]``, its expert outputs ``[B, X, D]``);
+        ``prior`` ``[B, prior_features]``: the PPNet gates' input."""
+        gates = None if self.expert_gate_nus is None else self.expert_gate_nus(prior)
         if self.first:
-            experts = self.experts(h)
+            experts = self.experts(h, gates)
             logits = self.gates(h)
         else:
             # each expert reads its owner's mixture; gathered group-major [X, B, in] so the
             # grouped products read their operands without another copy
-            experts = self.experts(h.transpose(0, 1).index_select(0, self.owner).transpose(0, 1))
+            experts = self.experts(h.transpose(0, 1).index_select(0, self.owner).transpose(0, 1), gates)
             logits = self.gates(h[:, :self.gate_inputs])
         if self.shared is not None:
-            shared = self.shared(h if self.first else h[:, self.num_tasks])
+            shared = self.shared(h if self.first else h[:, self.num_tasks],
+                                 None if self.shared_gate_nus is None else self.shared_gate_nus(prior))
             experts = torch.cat([experts, shared], dim=1)
         mixed = gate_mix(experts, logits, expert_mask=self.gates.expert_mask())
         return mixed, experts
@@ -100,20 +117,24 @@ class PLE(MultiTaskModel):
             level's width as input).
         num_levels: N >= 1; levels 1..N-1 have a shared gate (when there are shared experts
             to read its mixture), level N does not.
+        expert_gate_columns: PPNet gates on every expert of every level (``mtlkernels.nn.pepnet``):
+            expert e's hidden layer l is scaled by ``2 sigmoid(GateNU_{e,l}(x[:, columns] (+) sg(x)))``
+            (Gate NU hidden width ``expert_gate_hidden``, default the gated layer's).
 
     Shared parameters: what more than one task's loss reaches: the experts of the inner levels
     (through the shared gate), the shared gates, the last level's shared experts, and the task
     gates below level N-1 (task k's gate feeds task k's experts at the next level, which the
-    shared gate there mixes for everyone). Task specific: the towers, the task gates of the last
-    two levels and the last level's task experts; without shared experts, everything (nothing
-    mixes across tasks).
+    shared gate there mixes for everyone); each expert's Gate NUs go with the expert. Task
+    specific: the towers, the task gates of the last two levels and the last level's task experts;
+    without shared experts, everything (nothing mixes across tasks).
     Representation: the last level's expert outputs ``[B, X, D]``.
     """
 
     def __init__(self, input_dim: int, num_tasks: int, task_experts: int | Sequence[int] = 4,
                  shared_experts: int = 4, expert_hidden: Sequence[int] = (256, 128),
                  tower_hidden: Sequence[int] = (64,), num_levels: int = 2, *,
-                 batch_norm: bool = False, dropout: float = 0.0):
+                 batch_norm: bool = False, dropout: float = 0.0, expert_gate_columns: Sequence[int] = (),
+                 expert_gate_hidden: int | None = None):
         super().__init__()
         counts = [task_experts] * num_tasks if isinstance(task_experts, int) else list(task_experts)
         if len(counts) != num_tasks:
@@ -126,10 +147,14 @@ class PLE(MultiTaskModel):
             raise ValueError(f"PLE: num_levels must be >= 1, got {num_levels}")
         self.num_tasks, self.num_levels = num_tasks, num_levels
         self.task_experts, self.shared_experts = counts, shared_experts
+        self.register_buffer("expert_gate_columns", check_columns(expert_gate_columns, input_dim,
+                                                                  "PLE expert_gate_columns"), persistent=False)
+        prior = len(expert_gate_columns) + input_dim if len(expert_gate_columns) else 0
         width = expert_hidden[-1]
         self.levels = nn.ModuleList(
             PLELevel(input_dim if j == 0 else width, counts, shared_experts, expert_hidden, first=j == 0,
-                     shared_gate=j < num_levels - 1 and shared_experts > 0, batch_norm=batch_norm, dropout=dropout)
+                     shared_gate=j < num_levels - 1 and shared_experts > 0, batch_norm=batch_norm, dropout=dropout,
+                     prior_features=prior, gate_hidden=expert_gate_hidden)
             for j in range(num_levels))
         self.towers = Towers(num_tasks, width, tower_hidden, batch_norm=batch_norm, dropout=dropout)
 
@@ -143,6 +168,8 @@ class PLE(MultiTaskModel):
             yield from (level.gates.weight, level.gates.bias)  # the task gates
         if self.levels[-1].shared is not None:
             yield from self.levels[-1].experts.parameters()  # the last level's task experts
+            if self.levels[-1].expert_gate_nus is not None:
+                yield from self.levels[-1].expert_gate_nus.parameters()
 
     def shared_parameters(self):
         specific = {id(p) for p in self.task_specific_parameters()}
@@ -151,8 +178,9 @@ class PLE(MultiTaskModel):
     def forward(self, x: Tensor, return_representation: bool = False):
         h = x
         experts = None
+        prior = prior_input(x, self.expert_gate_columns, x) if self.expert_gate_columns.numel() else None
         for level in self.levels:
-            h, experts = level(h)
+            h, experts = level(h, prior)
         logits = self.towers(h)
         return (logits, experts) if return_representation else logits
 
@@ -162,6 +190,8 @@ class CGC(PLE):
 
     def __init__(self, input_dim: int, num_tasks: int, task_experts: int | Sequence[int] = 4,
                  shared_experts: int = 4, expert_hidden: Sequence[int] = (256, 128),
-                 tower_hidden: Sequence[int] = (64,), *, batch_norm: bool = False, dropout: float = 0.0):
+                 tower_hidden: Sequence[int] = (64,), *, batch_norm: bool = False, dropout: float = 0.0,
+                 expert_gate_columns: Sequence[int] = (), expert_gate_hidden: int | None = None):
         super().__init__(input_dim, num_tasks, task_experts, shared_experts, expert_hidden, tower_hidden,
-                         num_levels=1, batch_norm=batch_norm, dropout=dropout)
+                         num_levels=1, batch_norm=batch_norm, dropout=dropout, expert_gate_columns=expert_gate_columns,
+                         expert_gate_hidden=expert_gate_hidden)

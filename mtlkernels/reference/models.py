@@ -108,11 +108,17 @@ def ple(model, x: Tensor) -> Tensor:
     starts = [sum(counts[:k]) for k in range(T)]
     shared_idx = list(range(sum(counts), sum(counts) + m_s))
     task_in, shared_in = [x] * T, x
+    p = prior(x, model.expert_gate_columns, x) if model.expert_gate_columns.numel() else None
+
+    def expert(level, e, inp):  # expert e of a level, its PPNet gates applied if any
+        nets, g = level.expert_gate_nus_of(e)
+        return group_mlp(*level.expert(e), inp, None if nets is None else gate_nu(nets, g, p))
+
     for j, level in enumerate(model.levels):
         experts = []
         for k in range(T):
-            experts += [group_mlp(*level.expert(starts[k] + i), task_in[k]) for i in range(counts[k])]
-        experts += [group_mlp(*level.expert(e), shared_in) for e in shared_idx]
+            experts += [expert(level, starts[k] + i, task_in[k]) for i in range(counts[k])]
+        experts += [expert(level, e, shared_in) for e in shared_idx]
         new_task_in = [gate_mixture(level.gates, k, list(range(starts[k], starts[k] + counts[k])) + shared_idx,
                                     task_in[k], experts) for k in range(T)]
         if j < len(model.levels) - 1 and m_s > 0:  # the shared gate (no shared expert: none)

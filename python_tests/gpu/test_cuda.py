@@ -137,7 +137,8 @@ def test_solvers_match_the_cpu_kernels(T):
 @pytest.mark.parametrize("make", [lambda: mnn.MMoE(40, 3, 6, (64, 32), (16,)),
                                   lambda: mnn.PLE(40, 2, [2, 1], 2, (32,), (8,), num_levels=2),
                                   lambda: mnn.PEPNet(40, 3, [0, 1, 2, 3], [4, 5], (64, 32)),
-                                  lambda: mnn.MMoE(40, 2, 4, (32, 16), (8,), expert_gate_columns=[0, 1])])
+                                  lambda: mnn.MMoE(40, 2, 4, (32, 16), (8,), expert_gate_columns=[0, 1]),
+                                  lambda: mnn.PLE(40, 2, [2, 1], 2, (32,), (8,), expert_gate_columns=[2, 3])])
 def test_a_model_step_on_the_gpu_matches_the_cpu(make):
     torch.manual_seed(0)
     model = make().double()

@@ -53,6 +53,11 @@ MODELS = {
                                      ref.pepnet),
     "mmoe-expert-gates": (lambda: randomised(mnn.MMoE(12, 3, 4, (8, 6), (5,), expert_gate_columns=[0, 1, 2])),
                           ref.mmoe),
+    "ple-2-levels-expert-gates": (lambda: randomised(mnn.PLE(12, 3, [2, 1, 3], 2, (10, 8), (5,), num_levels=2,
+                                                             expert_gate_columns=[4, 5], expert_gate_hidden=3)),
+                                  ref.ple),
+    "cgc-expert-gates-no-shared": (lambda: randomised(mnn.CGC(12, 2, [2, 3], 0, (8,), (4,),
+                                                              expert_gate_columns=[0])), ref.ple),
 }
 
 

@@ -58,13 +58,16 @@ def test_every_model_trains(model, tasks):
 
 @pytest.mark.parametrize("settings", [dict(model="pepnet", gate_fields=["user_id", "item_id"], domain_fields=["heavy"]),
                                       dict(model="pepnet", gate_fields=["interests"], gate_hidden=4),
-                                      dict(model="mmoe", gate_fields=["user_id"])], ids=["pepnet", "bag-gate", "mmoe"])
+                                      dict(model="mmoe", gate_fields=["user_id"]),
+                                      dict(model="ple", gate_fields=["user_id", "device"])],
+                         ids=["pepnet", "bag-gate", "mmoe", "ple"])
 def test_personalised_gates_train(settings):
     t = Trainer(config(epochs=1, **settings))
     inner = t.model.model
     m = t.fit()
     assert all(math.isfinite(m["final"]["valid"][k]["loss"]) for k in m["tasks"])
-    gates = inner.task_gates if settings["model"] == "pepnet" else inner.expert_gates
+    gates = {"pepnet": lambda: inner.task_gates, "mmoe": lambda: inner.expert_gates,
+             "ple": lambda: inner.levels[0].expert_gate_nus}[settings["model"]]()
     assert any(torch.count_nonzero(net.layers[-1].weight) for net in gates.nets)  # the gates learned
     if settings.get("domain_fields"):
         assert inner.epnet is not None and inner.domain_columns.numel() == 4  # one embedding slot
