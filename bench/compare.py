@@ -28,9 +28,10 @@ Sections:
   and seconds per epoch. ``mtlkernels train``'s default model is the README's reproduction.
 - ``models``: MMoE forward+backward (Adam step excluded) and serving (eval forward at batch 128)
   at the Census size and the many-small-experts size of ``bench/models_table.py``: ours against
-  torch-rechub 0.9's MMOE (ours with batch norm on, as its MLPs have it; its gates carry one more)
-  and DeepCTR-Torch 0.3's (linear gates without bias, no batch norm), each fed one dense feature of
-  the input width; parameter counts printed.
+  torch-rechub 0.9's MMOE (ours with batch norm on, as its MLPs have it; its gates carry one more),
+  DeepCTR-Torch 0.3's (linear gates without bias, no batch norm) and NextRec's (linear gates with
+  bias, no batch norm: ours exactly; it returns logits, the other two probabilities), each fed one
+  dense feature of the input width; parameter counts printed.
 - ``metrics``: AUC over 1e6 rows against scikit-learn's ``roc_auc_score`` and torchmetrics'
   ``binary_auroc``; uAUC (the user-averaged AUC) over 1e6 rows and 1e4 users against the usual
   per-user ``roc_auc_score`` loop (users with one class skipped); values checked equal.
@@ -320,9 +321,25 @@ def census_section(epochs: int) -> None:
           f"{ours_seconds:.1f} |", flush=True)
 
 
+def import_nextrec():
+    """NextRec's MMOE and DenseFeature, from a ``nextrec_env`` folder next to the peers (appended
+    to sys.path last: its dependencies must not shadow the project's numpy)."""
+    for entry in list(sys.path):
+        env = os.path.join(entry, "nextrec_env")
+        if os.path.isdir(env) and env not in sys.path:
+            sys.path.append(env)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nextrec.basic.features import DenseFeature
+        from nextrec.models.multitask.mmoe import MMOE
+    return DenseFeature, MMOE
+
+
 def peer_mmoes(c: dict):
-    """(peer name, its MMoE at config c taking a [B, input] tensor, whether ours needs batch norm to
-    match it) for each installed peer."""
+    """(peer name, its MMoE at config c taking a [B, input] tensor, the module, whether ours needs
+    batch norm to match it, whether it returns probabilities) for each installed peer."""
     peers = []
     try:
         from torch_rechub.basic.features import DenseFeature
@@ -331,7 +348,7 @@ def peer_mmoes(c: dict):
         rechub = MMOE([DenseFeature("x", embed_dim=c["input_dim"])], ["classification"] * c["tasks"],
                       c["experts"], expert_params={"dims": list(c["expert_hidden"])},
                       tower_params_list=[{"dims": list(c["tower_hidden"])}] * c["tasks"])
-        peers.append(("torch-rechub 0.9", lambda x, m=rechub: m({"x": x}), rechub, True))
+        peers.append(("torch-rechub 0.9", lambda x, m=rechub: m({"x": x}), rechub, True, True))
     except ImportError as exc:
         print(f"torch-rechub is not importable ({exc})")
     try:
@@ -345,9 +362,21 @@ def peer_mmoes(c: dict):
                               expert_dnn_hidden_units=tuple(c["expert_hidden"]), gate_dnn_hidden_units=(),
                               tower_dnn_hidden_units=tuple(c["tower_hidden"]), task_types=["binary"] * c["tasks"],
                               task_names=[f"t{k}" for k in range(c["tasks"])])
-        peers.append(("DeepCTR-Torch 0.3", deepctr, deepctr, False))
+        peers.append(("DeepCTR-Torch 0.3", deepctr, deepctr, False, True))
     except ImportError as exc:
         print(f"DeepCTR-Torch is not importable ({exc})")
+    try:
+        from importlib.metadata import version
+
+        DenseFeature, NextRecMMOE = import_nextrec()
+        T = c["tasks"]
+        nextrec = NextRecMMOE(dense_features=[DenseFeature("x", input_dim=c["input_dim"])],
+                              expert_mlp_params={"hidden_dims": list(c["expert_hidden"])}, num_experts=c["experts"],
+                              tower_mlp_params_list=[{"hidden_dims": list(c["tower_hidden"])}] * T,
+                              target=[f"t{k}" for k in range(T)], task=["binary"] * T, device="cpu")
+        peers.append((f"NextRec {version('nextrec')}", lambda x, m=nextrec: m({"x": x}), nextrec, False, False))
+    except ImportError as exc:
+        print(f"NextRec is not importable ({exc})")
     return peers
 
 
@@ -364,7 +393,7 @@ def models_section(reps: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, c in CONFIGS.items():
         floor = linear_flops(build("MMoE", c)[0], c["batch"], c["input_dim"]) / rate
-        for peer, call, module, batch_norm in peer_mmoes(c):
+        for peer, call, module, batch_norm, probabilities in peer_mmoes(c):
             torch.manual_seed(0)
             ours = mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
                             batch_norm=batch_norm)
@@ -387,10 +416,11 @@ def models_section(reps: int) -> None:
                         f(serve)
                 return run
 
-            probs = lambda z, m=ours: torch.sigmoid(m(z))  # noqa: E731  (the peers output probabilities)
-            t = interleaved_medians({"to": train(ours, probs), "tp": train(module, call),
-                                     "tb": train(ours, probs, bf16=True),
-                                     "so": serving(ours, probs), "sp": serving(module, call)},
+            # ours returns logits; the sigmoid where the peer returns probabilities
+            same = (lambda z, m=ours: torch.sigmoid(m(z))) if probabilities else ours
+            t = interleaved_medians({"to": train(ours, same), "tp": train(module, call),
+                                     "tb": train(ours, same, bf16=True),
+                                     "so": serving(ours, same), "sp": serving(module, call)},
                                     reps=max(reps, 11), warmup=2)
             count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
             print(f"| {name} | {peer} | {count(ours):,} / {count(module):,} | {t['to'] * 1e3:.2f} "

@@ -16,4 +16,9 @@ PIP="${MTLK_VENV:-.venv}/bin/pip"
   torchjd==0.18.0 qpsolvers quadprog cvxpy clarabel ecos osqp scs qdldl \
   LibMTL==1.1.5 torch-rechub==0.9.0 deepctr-torch==0.3.0 requests urllib3 idna certifi charset_normalizer \
   torchmetrics lightning-utilities
+# NextRec (newest) and what its import needs (polars, transformers, huggingface_hub, httpx, PyYAML
+# and their own dependencies, none of which is torch) in DIR/nextrec_env, which bench/compare.py
+# appends to sys.path last, so that the project's numpy and the rest keep precedence
+"$PIP" install -q --target "$DIR/nextrec_env" --no-deps nextrec
+"$PIP" install -q --target "$DIR/nextrec_env" polars transformers huggingface_hub httpx pyyaml
 echo "peers in $DIR: PYTHONPATH=$DIR ${MTLK_VENV:-.venv}/bin/python bench/compare.py"
