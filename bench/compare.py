@@ -26,7 +26,7 @@ Sections:
   that model size, on the same splits and preprocessed tensors (our vocabularies and standardised
   dense columns for both), ``--epochs`` each (10, the issue's measurement); test AUC of both tasks
   and seconds per epoch. ``mtlkernels train``'s default model is the README's reproduction.
-- ``models``: MMoE forward+backward (Adam step excluded) and serving (eval forward at batch 128)
+- ``models``: MMoE and PLE (2 levels) forward+backward (Adam step excluded) and serving (eval forward at batch 128)
   at the Census size and the many-small-experts size of ``bench/models_table.py``: ours against
   torch-rechub 0.9's MMOE (ours with batch norm on, as its MLPs have it; its gates carry one more),
   DeepCTR-Torch 0.3's (linear gates without bias, no batch norm) and NextRec's (linear gates with
@@ -322,8 +322,8 @@ def census_section(epochs: int) -> None:
 
 
 def import_nextrec():
-    """NextRec's MMOE and DenseFeature, from a ``nextrec_env`` folder next to the peers (appended
-    to sys.path last: its dependencies must not shadow the project's numpy)."""
+    """NextRec's multi-task models module and DenseFeature, from a ``nextrec_env`` folder next to
+    the peers (appended to sys.path last: its dependencies must not shadow the project's numpy)."""
     for entry in list(sys.path):
         env = os.path.join(entry, "nextrec_env")
         if os.path.isdir(env) and env not in sys.path:
@@ -333,21 +333,27 @@ def import_nextrec():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from nextrec.basic.features import DenseFeature
-        from nextrec.models.multitask.mmoe import MMOE
-    return DenseFeature, MMOE
+        from nextrec.models import multitask
+        import nextrec.models.multitask.mmoe  # noqa: F401
+        import nextrec.models.multitask.ple  # noqa: F401
+    return DenseFeature, multitask
 
 
-def peer_mmoes(c: dict):
-    """(peer name, its MMoE at config c taking a [B, input] tensor, the module, whether ours needs
-    batch norm to match it, whether it returns probabilities) for each installed peer."""
+def peer_models(kind: str, c: dict):
+    """(peer name, its ``kind`` model (MMoE or PLE) at config c called on a [B, input] tensor, the
+    module, whether ours needs batch norm to match it, whether it returns probabilities) for each
+    installed peer."""
+    T, d = c["tasks"], c["input_dim"]
+    own, shared = c["ple"]
     peers = []
     try:
         from torch_rechub.basic.features import DenseFeature
-        from torch_rechub.models.multi_task import MMOE
+        from torch_rechub.models.multi_task import MMOE, PLE
 
-        rechub = MMOE([DenseFeature("x", embed_dim=c["input_dim"])], ["classification"] * c["tasks"],
-                      c["experts"], expert_params={"dims": list(c["expert_hidden"])},
-                      tower_params_list=[{"dims": list(c["tower_hidden"])}] * c["tasks"])
+        features, towers = [DenseFeature("x", embed_dim=d)], [{"dims": list(c["tower_hidden"])}] * T
+        experts = {"dims": list(c["expert_hidden"])}
+        rechub = (MMOE(features, ["classification"] * T, c["experts"], expert_params=experts, tower_params_list=towers)
+                  if kind == "MMoE" else PLE(features, ["classification"] * T, 2, own, shared, experts, towers))
         peers.append(("torch-rechub 0.9", lambda x, m=rechub: m({"x": x}), rechub, True, True))
     except ImportError as exc:
         print(f"torch-rechub is not importable ({exc})")
@@ -358,22 +364,33 @@ def peer_mmoes(c: dict):
         with contextlib.redirect_stdout(io.StringIO()):  # its import prints a version check
             from deepctr_torch.inputs import DenseFeat
             from deepctr_torch.models.multitask import MMOE as DeepCTRMMOE
-        deepctr = DeepCTRMMOE([DenseFeat("x", c["input_dim"])], num_experts=c["experts"],
-                              expert_dnn_hidden_units=tuple(c["expert_hidden"]), gate_dnn_hidden_units=(),
-                              tower_dnn_hidden_units=tuple(c["tower_hidden"]), task_types=["binary"] * c["tasks"],
-                              task_names=[f"t{k}" for k in range(c["tasks"])])
-        peers.append(("DeepCTR-Torch 0.3", deepctr, deepctr, False, True))
+            from deepctr_torch.models.multitask import PLE as DeepCTRPLE
+        common = dict(expert_dnn_hidden_units=tuple(c["expert_hidden"]), gate_dnn_hidden_units=(),
+                      tower_dnn_hidden_units=tuple(c["tower_hidden"]), task_types=["binary"] * T,
+                      task_names=[f"t{k}" for k in range(T)])
+        if kind == "PLE" and own != shared:
+            # its PLE builds the shared experts with the task-expert count, and its forward then
+            # indexes past them
+            print(f"DeepCTR-Torch 0.3's PLE is left out at {own} task / {shared} shared experts: it builds {own} "
+                  "shared experts and its forward fails")
+        else:
+            deepctr = (DeepCTRMMOE([DenseFeat("x", d)], num_experts=c["experts"], **common) if kind == "MMoE"
+                       else DeepCTRPLE([DenseFeat("x", d)], shared_expert_num=shared, specific_expert_num=own,
+                                       num_levels=2, **common))
+            peers.append(("DeepCTR-Torch 0.3", deepctr, deepctr, False, True))
     except ImportError as exc:
         print(f"DeepCTR-Torch is not importable ({exc})")
     try:
         from importlib.metadata import version
 
-        DenseFeature, NextRecMMOE = import_nextrec()
-        T = c["tasks"]
-        nextrec = NextRecMMOE(dense_features=[DenseFeature("x", input_dim=c["input_dim"])],
-                              expert_mlp_params={"hidden_dims": list(c["expert_hidden"])}, num_experts=c["experts"],
-                              tower_mlp_params_list=[{"hidden_dims": list(c["tower_hidden"])}] * T,
-                              target=[f"t{k}" for k in range(T)], task=["binary"] * T, device="cpu")
+        DenseFeature, multitask = import_nextrec()
+        experts, towers = {"hidden_dims": list(c["expert_hidden"])}, [{"hidden_dims": list(c["tower_hidden"])}] * T
+        common = dict(dense_features=[DenseFeature("x", input_dim=d)], tower_mlp_params_list=towers,
+                      target=[f"t{k}" for k in range(T)], task=["binary"] * T, device="cpu")
+        nextrec = (multitask.mmoe.MMOE(expert_mlp_params=experts, num_experts=c["experts"], **common)
+                   if kind == "MMoE" else
+                   multitask.ple.PLE(shared_expert_mlp_params=experts, specific_expert_mlp_params=[experts] * T,
+                                     num_shared_experts=shared, num_specific_experts=own, num_levels=2, **common))
         peers.append((f"NextRec {version('nextrec')}", lambda x, m=nextrec: m({"x": x}), nextrec, False, False))
     except ImportError as exc:
         print(f"NextRec is not importable ({exc})")
@@ -381,22 +398,24 @@ def peer_mmoes(c: dict):
 
 
 def models_section(reps: int) -> None:
-    print("\n## MMoE forward+backward and serving: ours vs the recsys libraries' MMoE (ms, median)\n")
+    print("\n## MMoE and PLE forward+backward and serving: ours vs the recsys libraries' (ms, median)\n")
     from models_table import CONFIGS, build, linear_flops
 
     from mtlkernels import nn as mnn
 
     rate = matmul_rate(torch.float32)
     print(f"GEMM floor: the matrix-product FLOPs of forward and backward / {rate / 1e9:.0f} GFLOP/s (fp32 2048^3)\n")
-    print("| size | peer | params ours / peer | fwd+bwd ours (/ floor) | fwd+bwd peer (/ floor) | ratio | "
+    print("| model | size | peer | params ours / peer | fwd+bwd ours (/ floor) | fwd+bwd peer (/ floor) | ratio | "
           "ours bf16 autocast | peer fp32 / ours bf16 | serving B128 ours | serving peer | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, c in CONFIGS.items():
-        floor = linear_flops(build("MMoE", c)[0], c["batch"], c["input_dim"]) / rate
-        for peer, call, module, batch_norm, probabilities in peer_mmoes(c):
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind, (name, c) in ((k, nc) for k in ("MMoE", "PLE") for nc in CONFIGS.items()):
+        floor = linear_flops(build(kind, c)[0], c["batch"], c["input_dim"]) / rate
+        for peer, call, module, batch_norm, probabilities in peer_models(kind, c):
             torch.manual_seed(0)
-            ours = mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
-                            batch_norm=batch_norm)
+            ours = (mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
+                             batch_norm=batch_norm) if kind == "MMoE" else
+                    mnn.PLE(c["input_dim"], c["tasks"], c["ple"][0], c["ple"][1], c["expert_hidden"],
+                            c["tower_hidden"], num_levels=2, batch_norm=batch_norm))
             x = torch.randn(c["batch"], c["input_dim"])
             serve = torch.randn(128, c["input_dim"])
 
@@ -423,7 +442,7 @@ def models_section(reps: int) -> None:
                                      "so": serving(ours, same), "sp": serving(module, call)},
                                     reps=max(reps, 11), warmup=2)
             count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-            print(f"| {name} | {peer} | {count(ours):,} / {count(module):,} | {t['to'] * 1e3:.2f} "
+            print(f"| {kind} | {name} | {peer} | {count(ours):,} / {count(module):,} | {t['to'] * 1e3:.2f} "
                   f"({t['to'] / floor:.2f}) | {t['tp'] * 1e3:.2f} ({t['tp'] / floor:.2f}) | {t['tp'] / t['to']:.2f}x | "
                   f"{t['tb'] * 1e3:.2f} | {t['tp'] / t['tb']:.2f}x | {t['so'] * 1e3:.3f} | {t['sp'] * 1e3:.3f} | "
                   f"{t['sp'] / t['so']:.2f}x |", flush=True)
