@@ -1,0 +1,114 @@
+"""pytest-benchmark suites of bench/compare.py's sections: each side of a comparison one
+benchmark, grouped so that ours and the peer's sit side by side; a peer that is not installed is
+skipped. Values are checked where the two sides define them the same way (AUC; the aggregations
+that agree exactly), so a timing never stands for a different answer.
+
+    PYTHONPATH=.peers .venv/bin/python -m pytest bench/test_compare_bench.py \
+        --benchmark-group-by=param:case,param:threads [-k aggregation|models|metrics]
+
+For the markdown tables with ratios, floors and the agreement column use bench/compare.py.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import pairs, peer_models, tjd  # noqa: E402
+from models_table import CONFIGS  # noqa: E402
+
+from mtlkernels import _extension, balance, metrics  # noqa: E402
+from mtlkernels import nn as mnn  # noqa: E402
+from mtlkernels.ops import combine_, gram  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not _extension.native_available(), reason=str(_extension.LOAD_ERROR))
+
+#: aggregations TorchJD defines as we do (compare.py's agreement column: <= 4e-12 in float64)
+EXACT = ("UPGrad", "DualProj")
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}thr")
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("side", ["ours", "torchjd"])
+@pytest.mark.parametrize("case", [f"{m}-T{T}-P{P:.0e}" for m in pairs() for T in (2, 4, 8, 16) for P in (1e5, 1e6)])
+def test_aggregation(benchmark, threads, case, side):
+    """The update of a given float32 J [T, P]: ours (Gram, solver, combine into an existing
+    buffer) or TorchJD's aggregator."""
+    if side == "torchjd" and tjd is None:
+        pytest.skip("TorchJD is not installed")
+    name, T, P = case.rsplit("-", 2)
+    T, P = int(T[1:]), int(float(P[1:]))
+    ours, theirs, _ = pairs()[name]
+    J = torch.randn(T, P, generator=torch.Generator().manual_seed(T))
+    if side == "ours":
+        method, out, losses = ours(), torch.empty(P), torch.ones(T, dtype=torch.float64)
+
+        def step():
+            combine_([J], method.gram_weights(gram([J]), losses).float(), [out], accumulate=False)
+            return out
+        benchmark(step)
+        if name in EXACT and tjd is not None:
+            J64 = J.double()
+            d, _ = balance.aggregate(ours(), J64)
+            ref = theirs(T)(J64)
+            assert float((d - ref).norm() / ref.norm()) < 1e-9
+    else:
+        benchmark(theirs(T), J)
+
+
+@pytest.mark.parametrize("side", ["ours", "peer"])
+@pytest.mark.parametrize("case", [f"{k}-{size}" for k in ("MMoE", "PLE") for size in CONFIGS])
+@pytest.mark.parametrize("peer", ["torch-rechub", "DeepCTR-Torch", "NextRec"])
+def test_models_forward_backward(benchmark, threads, case, peer, side):
+    """Forward+backward at compare.py's sizes: ours (batch norm as the peer has it) or the peer's."""
+    kind, size = case.split("-", 1)
+    c = CONFIGS[size]
+    found = [p for p in peer_models(kind, c) if p[0].startswith(peer)]
+    if not found:
+        pytest.skip(f"{peer}'s {kind} is not available here")
+    _, call, module, batch_norm, probabilities = found[0]
+    x = torch.randn(c["batch"], c["input_dim"])
+    if side == "ours":
+        module = (mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
+                           batch_norm=batch_norm) if kind == "MMoE" else
+                  mnn.PLE(c["input_dim"], c["tasks"], c["ple"][0], c["ple"][1], c["expert_hidden"],
+                          c["tower_hidden"], num_levels=2, batch_norm=batch_norm))
+        call = (lambda z, m=module: torch.sigmoid(m(z))) if probabilities else module
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        call(x).sum().backward()
+    benchmark(step)
+
+
+@pytest.fixture(scope="module")
+def auc_rows():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.round(torch.rand(1_000_000, generator=g, dtype=torch.float64) * 1000) / 1000  # many ties
+    return scores, (torch.rand(1_000_000, generator=g) < 0.1).long()
+
+
+@pytest.mark.parametrize("case", ["auc-1e6"])
+@pytest.mark.parametrize("side", ["ours", "sklearn", "torchmetrics"])
+def test_metrics_auc(benchmark, threads, auc_rows, case, side):
+    scores, labels = auc_rows
+    if side == "ours":
+        fn = lambda: float(metrics.auc(scores, labels))  # noqa: E731
+    elif side == "sklearn":
+        sk = pytest.importorskip("sklearn.metrics")
+        s_np, l_np = scores.numpy(), labels.numpy()
+        fn = lambda: float(sk.roc_auc_score(l_np, s_np))  # noqa: E731
+    else:
+        tm = pytest.importorskip("torchmetrics.functional.classification")
+        fn = lambda: float(tm.binary_auroc(scores, labels))  # noqa: E731
+    value = benchmark(fn)
+    assert value == pytest.approx(float(metrics.auc(scores, labels)), abs=1e-6 if side == "torchmetrics" else 1e-12)
