@@ -10,6 +10,7 @@ from mtlkernels import _extension
 from mtlkernels import nn as mnn
 from mtlkernels.ops import block_grams, combine_, gate_mix, gram, grouped_mlp
 from mtlkernels.ops import solvers as S
+from python_tests.nn.gates_helper import randomised
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = "cuda"
@@ -141,11 +142,7 @@ def test_solvers_match_the_cpu_kernels(T):
                                   lambda: mnn.PLE(40, 2, [2, 1], 2, (32,), (8,), expert_gate_columns=[2, 3])])
 def test_a_model_step_on_the_gpu_matches_the_cpu(make):
     torch.manual_seed(0)
-    model = make().double()
-    for module in model.modules():  # gates away from their initial 1
-        if isinstance(module, mnn.GateNUs):
-            for net in module.nets:
-                net.layers[-1].reset_parameters()
+    model = randomised(make()).double()  # gates away from their initial 1
     x = torch.randn(128, 40, dtype=F64)
     params = list(model.parameters())
     cpu_out = model(x)

@@ -7,12 +7,15 @@ import torch
 from mtlkernels import nn as mnn
 from mtlkernels.nn.losses import bce_from_logits
 from mtlkernels.ops import gate_mix
+from python_tests.nn.gates_helper import randomised
 
 
 @pytest.mark.parametrize("make", [lambda: mnn.MMoE(32, 3, 4, (64, 32), (16,)),
                                   lambda: mnn.PLE(32, 2, [2, 1], 2, (32,), (8,), num_levels=2),
                                   lambda: mnn.SharedBottom(32, 2, (64, 32), (8,)),
-                                  lambda: mnn.AITM(32, 2, (32, 16))])
+                                  lambda: mnn.AITM(32, 2, (32, 16)),
+                                  lambda: randomised(mnn.PEPNet(32, 2, [0, 1, 2, 3], [4, 5], (32, 16))),
+                                  lambda: randomised(mnn.MMoE(32, 2, 4, (32, 16), (8,), expert_gate_columns=[0, 1]))])
 def test_bf16_autocast_losses_within_tolerance(make):
     torch.manual_seed(0)
     model = make()

@@ -6,6 +6,7 @@ import torch
 
 from mtlkernels import nn as mnn
 from mtlkernels.reference import models as ref
+from python_tests.nn.gates_helper import randomised
 
 
 def assert_same_forward_backward(model, reference_fn, x):
@@ -23,16 +24,6 @@ def assert_same_forward_backward(model, reference_fn, x):
         b = torch.zeros_like(a) if b is None and a is not None else b
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=f"gradient of {name}")
-
-
-def randomised(model):
-    """The model with its Gate NUs' zero-initialised last layers drawn like a Linear's (gates then
-    differ from 1, so the references test them)."""
-    for module in model.modules():
-        if isinstance(module, mnn.GateNUs):
-            for net in module.nets:
-                net.layers[-1].reset_parameters()
-    return model
 
 
 MODELS = {

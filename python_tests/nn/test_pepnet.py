@@ -8,14 +8,7 @@ import torch
 
 from mtlkernels import nn as mnn
 from mtlkernels.reference import models as ref
-
-
-def randomised(model):
-    for module in model.modules():
-        if isinstance(module, mnn.GateNUs):
-            for net in module.nets:
-                net.layers[-1].reset_parameters()
-    return model
+from python_tests.nn.gates_helper import randomised
 
 
 def test_gates_start_at_one_so_the_model_starts_as_its_ungated_towers():

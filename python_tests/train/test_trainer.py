@@ -82,6 +82,11 @@ def test_gate_fields_must_be_embedded_fields_of_the_data(fields, match):
         Trainer(config(model="mmoe", gate_fields=fields))
 
 
+def test_pepnet_needs_an_embedded_field_for_its_gates():
+    with pytest.raises(ConfigError, match="--model pepnet: the data has no sparse or bag field to feed its gates"):
+        Trainer(config(data="synthetic", data_options={"rows": 1000}, model="pepnet"))
+
+
 def test_dselect_k_refuses_more_selected_experts_than_experts():
     with pytest.raises(ConfigError, match="--dselect-k 5: more selected experts than --experts 4"):
         Trainer(config(model="dselect-k", experts=4, dselect_k=5))
