@@ -242,7 +242,8 @@ grouped_mlp_backward(const OptionalTensorList& grads, const at::Tensor& x, at::T
   }
   std::vector<at::Tensor> no_gate_grads;  // what an ungated layer returns: [0] tensors
   for (int64_t l = 0; l < L; ++l) no_gate_grads.push_back(at::empty({0}, x.options()));
-  if (N > 0 && !any_defined(gate) && cpu::small_groups(x, weights, shared_input)) {  // the whole small stack per (row, group), per task
+  // the whole small stack per (row, group), per task
+  if (N > 0 && !any_defined(gate) && cpu::small_groups(x, weights, shared_input)) {
     std::vector<at::Tensor> gx;
     std::vector<std::vector<at::Tensor>> gw(L), gb(L);
     for (int64_t k = 0; k < N; ++k) {

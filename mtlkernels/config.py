@@ -168,7 +168,8 @@ def check(c: TrainConfig) -> None:
         raise ConfigError(f"gate-fields applies to --model {', '.join(GATED_MODELS)} (pepnet's towers, the others' "
                           f"experts), got --model {c.model}")
     if c.gate_hidden and c.model != "pepnet" and not c.gate_fields:
-        raise ConfigError(f"gate-hidden applies to --model pepnet and to models with gate-fields, got --model {c.model}")
+        raise ConfigError(f"gate-hidden applies to --model pepnet and to models with gate-fields, "
+                          f"got --model {c.model}")
     if c.domain_fields and c.model != "pepnet":
         raise ConfigError(f"domain-fields (EPNet) applies to --model pepnet, got --model {c.model}")
     if any(not isinstance(t, str) or not t for t in c.tasks):
