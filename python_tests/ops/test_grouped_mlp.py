@@ -358,6 +358,54 @@ def test_backward_of_n_task_gradients_equals_one_call_per_task(case, intermediat
             torch.testing.assert_close(a[k], e, **TOL[dtype])
 
 
+# the products' path at every depth, shared and per-group input, and one small-stack case
+SPARSE_CASES = [((9, 4, [60, 50, 3]), 2, False), ((9, 4, [6, 5, 3]), 2, True), ((33, 3, [7, 130, 9, 4]), 3, False),
+                ((33, 3, [7, 130, 9, 4]), 3, True), ((5, 2, [7, 3]), 1, True), ((5, 2, [300, 4]), 1, False),
+                ((9, 4, [6, 5, 3]), 2, False)]
+
+
+@pytest.mark.parametrize("pattern", ["diagonal", "one-task-dead", "random", "one-live-block"])
+@pytest.mark.parametrize("intermediate", [False, True], ids=["output-grad", "every-grad"])
+@pytest.mark.parametrize("products", ["all", "input-only", "weights-only"])
+@pytest.mark.parametrize("case", range(len(SPARSE_CASES)))
+def test_block_sparse_task_gradients_equal_one_call_per_task(case, products, intermediate, pattern):
+    """N task gradients of which some (task, group) blocks are exactly zero (the per-task backward
+    through task heads: task t reaches tower t only) skip those blocks' products: every result
+    still equals one dense call per task, zeros where a block is dead."""
+    (B, G, widths), L, shared = SPARSE_CASES[case]
+    x, weights, biases = make(B, G, widths, L, shared, torch.float64)
+    relu = [l % 2 == 0 for l in range(L)]
+    acts = torch.ops.mtlk.grouped_mlp(x, weights, biases, relu, shared)
+    N = G
+    gen = torch.Generator().manual_seed(case)
+    live = {"diagonal": torch.eye(N, G, dtype=torch.bool), "one-task-dead": torch.ones(N, G, dtype=torch.bool),
+            "random": torch.rand(N, G, generator=gen) < 0.5, "one-live-block": torch.zeros(N, G, dtype=torch.bool)}[pattern]
+    if pattern == "one-task-dead":
+        live[1] = False
+    if pattern == "one-live-block":
+        live[0, G - 1] = True
+    grads = []
+    for l, a in enumerate(acts):
+        if not (intermediate or l == L - 1):
+            grads.append(None)
+            continue
+        g = torch.randn(N, *a.shape, dtype=torch.float64, generator=gen)
+        block = live[:, None, :, None] if l == L - 1 else live[:, :, None, None]  # [N, B, G, w] / [N, G, B, w]
+        grads.append(g * block)
+    input_grad, weight_grad = products != "weights-only", products != "input-only"
+    gx, gw, gb, _ = torch.ops.mtlk.grouped_mlp_backward(grads, x, weights, biases, acts, relu, shared, input_grad,
+                                                        weight_grad)
+    for k in range(N):
+        ex, ew, eb, _ = torch.ops.mtlk.grouped_mlp_backward([None if g is None else g[k] for g in grads], x, weights,
+                                                            biases, acts, relu, shared, input_grad, weight_grad)
+        torch.testing.assert_close(gx[k], ex, **TOL[torch.float64])
+        for a, e in zip((gw if weight_grad else []) + gb, (ew if weight_grad else []) + eb):
+            torch.testing.assert_close(a[k], e, **TOL[torch.float64])
+        for l, w in enumerate(gw if weight_grad else []):  # dead blocks are exact zeros
+            dead = w[k][:, ~live[k]] if l == 0 and shared else w[k][~live[k]]  # [in, G, out] / [G, in, out]
+            assert torch.count_nonzero(dead) == 0
+
+
 def test_n_task_gradients_opcheck_and_errors():
     x, weights, biases = make(*SMALL, 2, True, torch.float64)
     acts = torch.ops.mtlk.grouped_mlp(x, weights, biases, [True, False], True)
