@@ -272,10 +272,17 @@ def test_functorch_grad_is_refused_clearly():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
 @pytest.mark.parametrize("with_probs", [False, True], ids=["out-grad", "probs-grad"])
-def test_backward_of_n_task_gradients_equals_one_call_per_task(dtype, masked, with_probs):
+@pytest.mark.parametrize("zeros", ["dense", "own-gate-only", "some-rows-zero"])
+def test_backward_of_n_task_gradients_equals_one_call_per_task(dtype, masked, with_probs, zeros):
+    """Dense task gradients, and the per-task backward's block structure (task k's gradient on
+    gate k's mixture only, or zero rows anywhere: skipped in the kernel), bit for bit."""
     experts, logits, mask = make_inputs(6, 5, 3, 7, dtype=dtype, mask=masked)
     N = 4
     g = torch.randn(N, 6, 3, 7, dtype=dtype)
+    if zeros == "own-gate-only":  # task 3 reaches no gate: every row zero
+        g *= (torch.arange(N)[:, None] == torch.arange(3)[None, :])[:, None, :, None]
+    elif zeros == "some-rows-zero":
+        g *= (torch.rand(N, 6, 3, 1, generator=torch.Generator().manual_seed(0)) < 0.5)
     gp = torch.randn(N, 6, 3, 5, dtype=dtype) if with_probs else None
     ge, gl = torch.ops.mtlk.gate_mix_backward(g, gp, experts, logits, mask)
     assert ge.shape == (N, 6, 5, 7) and gl.shape == (N, 6, 3, 5)
