@@ -48,7 +48,7 @@ class TrainConfig:
     dselect_k: int = 2               # experts each DSelect-k gate selects
     dselect_gates: str = "per-example"  # per-example | static DSelect-k gates
     dselect_entropy: float = 1e-6    # weight of DSelect-k's entropy regulariser
-    gate_fields: list = field(default_factory=list)    # PPNet prior fields (pepnet: [] = every sparse/bag field)
+    gate_fields: list = field(default_factory=list)    # PPNet gate fields (pepnet: [] = all; mmoe/cgc/ple: experts)
     domain_fields: list = field(default_factory=list)  # EPNet domain fields (pepnet)
     gate_hidden: int = 0             # Gate NU hidden width (0: the gated layer's width)
     expert_hidden: list = field(default_factory=lambda: [256, 128])
