@@ -51,6 +51,11 @@ TORCH_LIBRARY(mtlk, m) {
   // cagrad: CAGrad's dual w in the simplex minimising b^T w + a |J^T w| (b = G 1 / T, a = c |g0|).
   m.def("cagrad_weights(Tensor gram, float c) -> Tensor");
 
+  // Counter-based random keys (csrc/include/mtlk/counter_keys.h): [n] non-negative int64, key i
+  // of draw `draw` (0-dim int64) of the stream `seed` (0-dim int64); the projection orders of
+  // PCGrad / GradVac and RLW's weights. Nothing is read back to the host on a device.
+  m.def("counter_keys(Tensor seed, Tensor draw, int n) -> Tensor");
+
   // Grouped MLP (csrc/grouped_mlp.h): G parallel MLPs, activations [B, G, width].
   // x [B, in] with shared_input (weights[0] [in, G, out0]) or [B, G, in] (weights[0] [G, in, out0]);
   // weights[l >= 1] [G, in_l, out_l]; biases[l] [G, out_l]; relu[l] = ReLU after layer l.

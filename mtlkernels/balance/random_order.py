@@ -1,27 +1,12 @@
 """Counter-based random draws saved with a method's state: the projection orders of PCGrad and
-GradVac, RLW's weights. A draw hashes (seed, draw number, position): plain tensor arithmetic on
-any device, nothing read back, resumable from ``state_dict()``."""
+GradVac, RLW's weights. A draw hashes (seed, draw number, position) (``mtlkernels.ops.counter_keys``,
+one kernel on CPU and CUDA): nothing read back, resumable from ``state_dict()``."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-_MASK = (1 << 63) - 1  # non-negative int64
-
-
-def _mix(x: Tensor) -> Tensor:
-    """A 63-bit integer mixer (splitmix64's finaliser on the low 63 bits, in int64 arithmetic:
-    products wrap, shifts are masked to be logical): uniform-looking keys from a counter."""
-    x = x & _MASK
-    x = ((x ^ (x >> 30)) * -4658895280553007687) & _MASK  # 0xbf58476d1ce4e5b9
-    x = ((x ^ (x >> 27)) * -7723592293110705685) & _MASK  # 0x94d049bb133111eb
-    return (x ^ (x >> 31)) & _MASK
-
-
-def hashed_keys(seed: Tensor, draw: Tensor, n: int, device) -> Tensor:
-    """``[n]`` non-negative int64 keys of draw number ``draw`` of the stream ``seed``."""
-    position = torch.arange(n, dtype=torch.int64, device=device)
-    return _mix(_mix(seed.to(device)) ^ _mix(draw.to(device) * n + position + 0x2545F4914F6CDD1D))
+from mtlkernels.ops.counter_keys import counter_keys
 
 
 class CounterDraws(nn.Module):
@@ -39,7 +24,7 @@ class CounterDraws(nn.Module):
     def keys(self, n: int, device=None) -> Tensor:
         """The next draw: ``[n]`` int64 keys (uniform over [0, 2^63))."""
         device = self.draws.device if device is None else device
-        keys = hashed_keys(self.seed, self.draws, n, device)
+        keys = counter_keys(self.seed.to(device), self.draws.to(device), n)
         self.draws.add_(1)
         return keys
 

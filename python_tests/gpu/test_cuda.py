@@ -135,6 +135,15 @@ def test_solvers_match_the_cpu_kernels(T):
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=tol, atol=tol)
 
 
+def test_counter_keys_match_the_cpu():
+    from mtlkernels.ops.counter_keys import counter_keys
+
+    for seed, draw, n in ((0, 0, 1), (2**62 - 1, 12345, 1000), (7, 3, 300_000)):
+        cpu = counter_keys(torch.tensor(seed), torch.tensor(draw), n)
+        gpu = counter_keys(torch.tensor(seed, device=CUDA), torch.tensor(draw, device=CUDA), n)
+        assert torch.equal(gpu.cpu(), cpu)
+
+
 @pytest.mark.parametrize("make", [lambda: mnn.MMoE(40, 3, 6, (64, 32), (16,)),
                                   lambda: mnn.PLE(40, 2, [2, 1], 2, (32,), (8,), num_levels=2),
                                   lambda: mnn.PEPNet(40, 3, [0, 1, 2, 3], [4, 5], (64, 32)),
