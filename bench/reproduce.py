@@ -6,7 +6,7 @@ for regression tasks).
     .venv/bin/python bench/reproduce.py SUITE [--seeds 0,1,2] [--only REGEX] [--out runs/reproduce] [--threads 2]
                                               [--by FIELD]
 
-Suites: census-models (Census groups 1 and 2: Shared-Bottom, OMoE, MMoE, CGC, PLE, DSelect-k,
+Suites: census-models (Census groups 1 and 2: Shared-Bottom, OMoE, MMoE, CGC, PLE, DSelect-k, PEPNet,
 AITM under EW), census-methods (group 1 MMoE under every balancing method), single-task (one model per
 Census task), synthetic (MMoE vs OMoE vs Shared-Bottom as the MMoE paper's task correlation
 falls), recsys (the recsys generator, MMoE and PLE, EW and PCGrad), heavy-users (the recsys generator,
@@ -27,7 +27,7 @@ from mtlkernels.config import TrainConfig
 from mtlkernels.scoring import evaluate_run
 from mtlkernels.train import Trainer
 
-MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "aitm")
+MODELS = ("shared-bottom", "omoe", "mmoe", "cgc", "ple", "dselect-k", "pepnet", "aitm")
 METHODS = ("ew", "uw", "gradnorm", "dwa", "rlw", "mgda", "mgda-ub", "pe-ltr", "pcgrad", "gradvac", "imtl-g",
            "aligned-mtl", "upgrad", "dualproj", "cagrad", "nash-mtl", "famo")
 SYNTHETIC = {"rows": 30_000}
