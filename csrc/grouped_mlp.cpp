@@ -9,6 +9,7 @@
 // output times 2 sigmoid(u)) are one more read in the same epilogue pass, and their logits'
 // gradient one more write in the backward's.
 #include "grouped_mlp.h"
+#include "grouped_mlp_task_blocks.h"
 
 #include <ATen/ops/add.h>
 #include <ATen/ops/bmm.h>
@@ -19,7 +20,6 @@
 #include <ATen/ops/stack.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/threshold_backward.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -104,28 +104,6 @@ bool any_defined(const std::vector<at::Tensor>& ts) {
     if (t.defined()) return true;
   }
   return false;
-}
-
-// Which (task, group) blocks of N task gradients carry anything: live[k * G + g], read on the
-// host. The per-task backward through task heads (tower t reached by task t's loss only) hands
-// mostly-zero blocks; their products are skipped and their results written as zeros. Empty
-// (every block computed) when all are live, or off the CPU, where reading this back would
-// synchronise the device. NaN and Inf count as live.
-std::vector<char> live_blocks(const std::vector<std::optional<at::Tensor>>& g_out, int64_t N, int64_t G) {
-  if (N < 2 || G < 2) return {};
-  at::Tensor live;
-  const int64_t L = static_cast<int64_t>(g_out.size());
-  for (int64_t l = 0; l < L; ++l) {
-    if (!g_out[l].has_value()) continue;
-    const at::Tensor& g = *g_out[l];  // [N, B, G, w] (the output) or [N, G, B, w]
-    if (!g.device().is_cpu()) return {};
-    at::Tensor nz = g.ne(0).any(3).any(l + 1 == L ? 1 : 2);  // [N, G]
-    live = live.defined() ? live.logical_or(nz) : nz;
-  }
-  if (!live.defined() || live.all().item<bool>()) return {};
-  live = live.contiguous();
-  const bool* p = live.const_data_ptr<bool>();
-  return std::vector<char>(p, p + N * G);
 }
 
 }  // namespace
@@ -294,25 +272,13 @@ grouped_mlp_backward(const OptionalTensorList& grads, const at::Tensor& x, at::T
   }
   // task k's g_out as a [G, B, w] view
   auto g_out_gm = [&](int64_t l, int64_t k) { return l + 1 == L ? swap_bg((*g_out[l])[k]) : (*g_out[l])[k]; };
-  // block-sparse N task gradients (task heads): only the live (task, group) products run, into
-  // zero-filled outputs (one fill: zeroing the dead blocks one by one cost more than the products saved)
-  const std::vector<char> live = task_dim ? live_blocks(g_out, N, d.G) : std::vector<char>();
-  const bool sparse = !live.empty();
-  auto alive = [&](int64_t k, int64_t g) { return !sparse || live[k * d.G + g]; };
-  auto group_live = [&](int64_t g) {  // every task live in group g
-    for (int64_t k = 0; k < N; ++k) {
-      if (!alive(k, g)) return false;
-    }
-    return true;
-  };
-  auto new_out = [&](at::IntArrayRef shape) {
-    return sparse ? at::zeros(shape, x.options()) : at::empty(shape, x.options());
-  };
+  // block-sparse N task gradients (task heads): only the live (task, group) products run
+  const TaskBlocks blocks(g_out, N, d.G);
   std::vector<at::Tensor> grad_w, grad_b, grad_gate;
   for (int64_t l = 0; l < L; ++l) {
     std::vector<int64_t> shape(weights[l].sizes().begin(), weights[l].sizes().end());
     shape.insert(shape.begin(), N);
-    grad_w.push_back(weight_grad ? new_out(shape) : at::empty({0}, x.options()));
+    grad_w.push_back(weight_grad ? blocks.new_output(shape, x.options()) : at::empty({0}, x.options()));
     grad_b.push_back(at::empty({N, d.G, d.width[l + 1]}, x.options()));
     grad_gate.push_back(gate[l].defined() ? at::empty({N, d.B, d.G, d.width[l + 1]}, x.options())
                                           : no_gate_grads[l]);
@@ -325,7 +291,7 @@ grouped_mlp_backward(const OptionalTensorList& grads, const at::Tensor& x, at::T
   std::vector<int64_t> x_shape(x.sizes().begin(), x.sizes().end());
   x_shape[0] = input_grad ? d.B : 0;
   x_shape.insert(x_shape.begin(), N);
-  at::Tensor grad_x = new_out(x_shape);
+  at::Tensor grad_x = blocks.new_output(x_shape, x.options());
   // Gradients of a layer's pre-activation output, [G, N, B, w] (one product over the groups
   // serves all tasks: rows (task, batch row)); task k's is the [G, B, w] slice [:, k]. For a
   // shared-input first layer, whose weight gradient is one [in, B] @ [B, G*w] product per task,
@@ -351,81 +317,17 @@ grouped_mlp_backward(const OptionalTensorList& grads, const at::Tensor& x, at::T
   for (int64_t l = L - 1; l >= 0; --l) {
     const at::Tensor w = unit_stride(weights[l]);
     if (l == 0 && shared_input) {
-      const int64_t n = d.G * d.width[1];
       const at::Tensor gy_rows = gy.permute({1, 2, 0, 3});  // [N, B, G, w], its storage order
-      for (int64_t k = 0; k < N && weight_grad; ++k) {
-        if (!sparse) {
-          at::Tensor gw = grad_w[0][k].view({d.width[0], n});
-          matmul_out(gw, x.t(), gy_rows[k].reshape({d.B, n}));
-          continue;
-        }
-        for (int64_t g = 0; g < d.G; ++g) {  // [in, w] slices of [in, G, w]
-          if (!alive(k, g)) continue;
-          at::Tensor gw = grad_w[0][k].select(1, g);
-          at::mm_out(gw, x.t(), gy_rows[k].select(1, g));
-        }
-      }
-      if (input_grad && !sparse) {
-        at::Tensor gx = grad_x.view({N * d.B, d.width[0]});
-        matmul_out(gx, gy_rows.reshape({N * d.B, n}), w.reshape({d.width[0], n}).t());
-      } else if (input_grad) {  // task k's input gradient sums its live groups' products
-        for (int64_t k = 0; k < N; ++k) {
-          at::Tensor gx = grad_x[k];
-          for (int64_t g = 0; g < d.G; ++g) {
-            if (alive(k, g)) gx.addmm_(gy_rows[k].select(1, g), w.select(1, g).t());
-          }
-        }
-      }
+      if (weight_grad) blocks.shared_weight_grads(grad_w[0], x, gy_rows);
+      if (input_grad) blocks.shared_input_grads(grad_x, gy_rows, w);
       break;
     }
-    const at::Tensor in = input_gm(x, acts, l);
-    for (int64_t k = 0; k < N && weight_grad; ++k) {
-      if (!sparse) {
-        matmul_out(grad_w[l][k], in.transpose(1, 2), task(gy, k));
-        continue;
-      }
-      for (int64_t g = 0; g < d.G; ++g) {
-        if (!alive(k, g)) continue;
-        at::Tensor gw = grad_w[l][k][g];
-        at::mm_out(gw, in[g].t(), gy[g][k]);
-      }
-    }
-    if (l == 0 && !input_grad) break;
-    if (l == 0) {  // grad_x [N, B, G, in]: group g's rows (task, batch row) written in place, G * in apart
-      for (int64_t g = 0; g < d.G; ++g) {
-        if (group_live(g)) {
-          at::Tensor out = grad_x.select(2, g).view({N * d.B, d.width[0]});
-          at::mm_out(out, gy.select(0, g).view({N * d.B, d.width[1]}), w.select(0, g).t());
-          continue;
-        }
-        for (int64_t k = 0; k < N; ++k) {
-          if (!alive(k, g)) continue;
-          at::Tensor out = grad_x[k].select(1, g);  // [B, in], G * in apart
-          at::mm_out(out, gy[g][k], w[g].t());
-        }
-      }
+    if (weight_grad) blocks.weight_grads(grad_w[l], input_gm(x, acts, l), gy);
+    if (l == 0) {  // grad_x [N, B, G, in]
+      if (input_grad) blocks.first_input_grads(grad_x, gy, w);
       break;
     }
-    // the input's gradient for all tasks at once: [G, N*B, w] @ [G, w, in]; block-sparse
-    // gradients: group by group, the live tasks' rows only
-    at::Tensor g_pre;
-    if (!sparse) {
-      g_pre = product(gy.view({d.G, N * d.B, d.width[l + 1]}), w.transpose(1, 2)).view({d.G, N, d.B, d.width[l]});
-    } else {
-      g_pre = at::zeros({d.G, N, d.B, d.width[l]}, x.options());
-      for (int64_t g = 0; g < d.G; ++g) {
-        if (group_live(g)) {
-          at::Tensor out = g_pre[g].view({N * d.B, d.width[l]});
-          at::mm_out(out, gy[g].view({N * d.B, d.width[l + 1]}), w[g].t());
-          continue;
-        }
-        for (int64_t k = 0; k < N; ++k) {
-          if (!alive(k, g)) continue;
-          at::Tensor out = g_pre[g][k];
-          at::mm_out(out, gy[g][k], w[g].t());
-        }
-      }
-    }
+    const at::Tensor g_pre = blocks.input_grads(gy, w);  // [G, N, B, in]
     // layer l - 1's pre-activation gradient: its ReLU mask, its own output gradient and its bias
     // gradient fused in, in place unless it feeds a shared-input first layer
     const at::Tensor g_in = l == 1 && shared_input ? new_pre_grad(0) : g_pre;
