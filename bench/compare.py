@@ -339,6 +339,17 @@ def import_nextrec():
     return DenseFeature, multitask
 
 
+def our_model(kind: str, c: dict, batch_norm: bool):
+    """Our MMoE or PLE (2 levels) at config c of bench/models_table.py, the peers' counterpart."""
+    from mtlkernels import nn as mnn
+
+    if kind == "MMoE":
+        return mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
+                        batch_norm=batch_norm)
+    return mnn.PLE(c["input_dim"], c["tasks"], c["ple"][0], c["ple"][1], c["expert_hidden"], c["tower_hidden"],
+                   num_levels=2, batch_norm=batch_norm)
+
+
 def peer_models(kind: str, c: dict):
     """(peer name, its ``kind`` model (MMoE or PLE) at config c called on a [B, input] tensor, the
     module, whether ours needs batch norm to match it, whether it returns probabilities) for each
@@ -401,8 +412,6 @@ def models_section(reps: int) -> None:
     print("\n## MMoE and PLE forward+backward and serving: ours vs the recsys libraries' (ms, median)\n")
     from models_table import CONFIGS, build, linear_flops
 
-    from mtlkernels import nn as mnn
-
     rate = matmul_rate(torch.float32)
     print(f"GEMM floor: the matrix-product FLOPs of forward and backward / {rate / 1e9:.0f} GFLOP/s (fp32 2048^3)\n")
     print("| model | size | peer | params ours / peer | fwd+bwd ours (/ floor) | fwd+bwd peer (/ floor) | ratio | "
@@ -412,10 +421,7 @@ def models_section(reps: int) -> None:
         floor = linear_flops(build(kind, c)[0], c["batch"], c["input_dim"]) / rate
         for peer, call, module, batch_norm, probabilities in peer_models(kind, c):
             torch.manual_seed(0)
-            ours = (mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
-                             batch_norm=batch_norm) if kind == "MMoE" else
-                    mnn.PLE(c["input_dim"], c["tasks"], c["ple"][0], c["ple"][1], c["expert_hidden"],
-                            c["tower_hidden"], num_levels=2, batch_norm=batch_norm))
+            ours = our_model(kind, c, batch_norm)
             x = torch.randn(c["batch"], c["input_dim"])
             serve = torch.randn(128, c["input_dim"])
 

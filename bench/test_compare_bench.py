@@ -17,25 +17,16 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import pairs, peer_models, tjd  # noqa: E402
+from compare import our_model, pairs, peer_models, tjd  # noqa: E402
 from models_table import CONFIGS  # noqa: E402
 
 from mtlkernels import _extension, balance, metrics  # noqa: E402
-from mtlkernels import nn as mnn  # noqa: E402
 from mtlkernels.ops import combine_, gram  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not _extension.native_available(), reason=str(_extension.LOAD_ERROR))
 
 #: aggregations TorchJD defines as we do (compare.py's agreement column: <= 4e-12 in float64)
 EXACT = ("UPGrad", "DualProj")
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}thr")
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("side", ["ours", "torchjd"])
@@ -78,10 +69,7 @@ def test_models_forward_backward(benchmark, threads, case, peer, side):
     _, call, module, batch_norm, probabilities = found[0]
     x = torch.randn(c["batch"], c["input_dim"])
     if side == "ours":
-        module = (mnn.MMoE(c["input_dim"], c["tasks"], c["experts"], c["expert_hidden"], c["tower_hidden"],
-                           batch_norm=batch_norm) if kind == "MMoE" else
-                  mnn.PLE(c["input_dim"], c["tasks"], c["ple"][0], c["ple"][1], c["expert_hidden"],
-                          c["tower_hidden"], num_levels=2, batch_norm=batch_norm))
+        module = our_model(kind, c, batch_norm)
         call = (lambda z, m=module: torch.sigmoid(m(z))) if probabilities else module
 
     def step():

@@ -27,14 +27,6 @@ def _ple_mask():
 SHAPES = {"mmoe-B4096-X8-T4-D128": (4096, 8, 4, 128, None), "ple-2x4+4-B4096-D128": (4096, 12, 2, 128, _ple_mask())}
 
 
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}thr")
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("backend", ["native", "reference"])
 @pytest.mark.parametrize("pass_", ["forward", "forward+backward"])
 @pytest.mark.parametrize("shape", list(SHAPES))

@@ -120,13 +120,19 @@ void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b)
   }
 }
 
+at::Tensor gate_scale(const at::Tensor& u) { return at::sigmoid(u).mul_(2); }
+
+std::pair<at::Tensor, at::Tensor> gate_backward(const at::Tensor& v, const at::Tensor& act, const at::Tensor& u) {
+  return {at::mul(v, gate_scale(u)), at::mul(at::mul(v, act), at::sigmoid(u.neg()))};
+}
+
 void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& bias, bool relu,
                 const at::Tensor& gate) {
   if (dst.device().is_cpu()) return cpu::bias_relu_(dst, src, bias, relu, gate);
   at::Tensor out = dst;
   at::add_out(out, src, bias.unsqueeze(1));
   if (relu) out.relu_();
-  if (gate.defined()) out.mul_(at::sigmoid(gate).mul_(2));
+  if (gate.defined()) out.mul_(gate_scale(gate));
 }
 
 void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,
@@ -135,8 +141,9 @@ void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optiona
   if (src.device().is_cpu()) return cpu::relu_grad_(dst, src, extra, act, relu, bias_grad, gate, gate_grad);
   at::Tensor v = extra.has_value() ? at::add(src, *extra) : src;
   if (gate.defined()) {
-    const_cast<at::Tensor&>(gate_grad).copy_(at::mul(at::mul(v, act), at::sigmoid(gate.neg())));
-    v = at::mul(v, at::sigmoid(gate).mul_(2));
+    auto [scaled, du] = gate_backward(v, act, gate);
+    const_cast<at::Tensor&>(gate_grad).copy_(du);
+    v = scaled;
   }
   if (relu) v = at::threshold_backward(v, act, 0);
   if (dst.defined() && !dst.is_same(v)) const_cast<at::Tensor&>(dst).copy_(v);

@@ -21,6 +21,7 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace mtlk {
@@ -56,6 +57,12 @@ void bias_relu_(const at::Tensor& dst, const at::Tensor& src, const at::Tensor& 
 void relu_grad_(const at::Tensor& dst, const at::Tensor& src, const std::optional<at::Tensor>& extra,
                 const at::Tensor& act, bool relu, const at::Tensor& bias_grad, const at::Tensor& gate,
                 const at::Tensor& gate_grad);
+
+// The PPNet gate in ATen ops (the device-generic epilogues and the batchable autograd path; the
+// CPU kernel fuses the same math): the scale 2 sigmoid(u), and the backward through act = y * s
+// for an incoming gradient v: (v * s, dL/du = v * act * sigmoid(-u)).
+at::Tensor gate_scale(const at::Tensor& u);
+std::pair<at::Tensor, at::Tensor> gate_backward(const at::Tensor& v, const at::Tensor& act, const at::Tensor& u);
 
 // out = a @ b for two 2-D or two 3-D (batched) operands; out contiguous.
 void matmul_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);

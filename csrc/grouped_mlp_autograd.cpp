@@ -14,7 +14,6 @@
 #include <ATen/ops/gt.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mul.h>
-#include <ATen/ops/sigmoid.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -79,9 +78,9 @@ void batchable_backward(const variable_list& grads, const at::Tensor& x, const s
   for (int64_t l = L - 1; l >= 0; --l) {
     const at::Tensor act = group_major(acts[l], l);
     if (!gates.empty() && gates[l].defined()) {  // act = y * 2 sigmoid(u)
-      const at::Tensor u = gates[l].transpose(0, 1);
-      grad_gate[l] = at::mul(at::mul(g_act, act), at::sigmoid(u.neg())).transpose(-3, -2);
-      g_act = at::mul(g_act, at::mul(at::sigmoid(u), 2));
+      auto [scaled, du] = gate_backward(g_act, act, gates[l].transpose(0, 1));
+      grad_gate[l] = du.transpose(-3, -2);
+      g_act = scaled;
     }
     const at::Tensor g_pre = relu[l] ? at::mul(g_act, at::gt(act, 0).to(g_act.scalar_type())) : g_act;
     grad_b[l] = g_pre.sum(-2);

@@ -5,6 +5,7 @@
 // faster than the dense products, whose zero blocks cost full price.
 #include "grouped_mlp_task_blocks.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -12,22 +13,50 @@
 #include "grouped_mlp.h"
 
 namespace mtlk {
+namespace {
+
+// Whether the rows x width block starting at p (rows `stride` apart, unit column stride) holds
+// anything but zeros (NaN counts); stops at the first such element, so a dense block costs one read.
+template <typename T>
+bool any_nonzero(const T* p, int64_t rows, int64_t stride, int64_t width) {
+  for (int64_t r = 0; r < rows; ++r, p += stride) {
+    for (int64_t j = 0; j < width; ++j) {
+      if (p[j] != T(0)) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
 
 TaskBlocks::TaskBlocks(const std::vector<std::optional<at::Tensor>>& g_out, int64_t N, int64_t G) : N_(N), G_(G) {
   if (N < 2 || G < 2) return;
-  at::Tensor live;
   const int64_t L = static_cast<int64_t>(g_out.size());
   for (int64_t l = 0; l < L; ++l) {
-    if (!g_out[l].has_value()) continue;
-    const at::Tensor& g = *g_out[l];  // [N, B, G, w] (the output) or [N, G, B, w]
-    if (!g.device().is_cpu()) return;
-    at::Tensor nz = g.ne(0).any(3).any(l + 1 == L ? 1 : 2);  // [N, G]; NaN and Inf count as live
-    live = live.defined() ? live.logical_or(nz) : nz;
+    if (g_out[l].has_value() && !g_out[l]->device().is_cpu()) return;
   }
-  if (!live.defined() || live.all().item<bool>()) return;
-  live = live.contiguous();
-  const bool* p = live.const_data_ptr<bool>();
-  live_.assign(p, p + N * G);
+  std::vector<char> live(N * G, 0);
+  int64_t n_live = 0;
+  for (int64_t l = 0; l < L && n_live < N * G; ++l) {
+    if (!g_out[l].has_value()) continue;
+    const at::Tensor& g = *g_out[l];  // [N, B, G, w] (the output) or [N, G, B, w]; unit column stride
+    const bool output = l + 1 == L;
+    const int64_t rows = g.size(output ? 1 : 2), row_stride = g.stride(output ? 1 : 2);
+    const int64_t group_stride = g.stride(output ? 2 : 1), width = g.size(3);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "grouped_mlp_live_blocks", [&] {
+      const scalar_t* base = g.const_data_ptr<scalar_t>();
+      for (int64_t k = 0; k < N; ++k) {
+        for (int64_t j = 0; j < G; ++j) {
+          char& flag = live[k * G + j];
+          if (!flag && any_nonzero(base + k * g.stride(0) + j * group_stride, rows, row_stride, width)) {
+            flag = 1;
+            ++n_live;
+          }
+        }
+      }
+    });
+  }
+  if (n_live < N * G) live_ = std::move(live);
 }
 
 bool TaskBlocks::group_live(int64_t g) const {
