@@ -4,7 +4,7 @@ prints mean +- std over the seeds of each task's test AUC (uAUC where the data h
 for regression tasks).
 
     .venv/bin/python bench/reproduce.py SUITE [--seeds 0,1,2] [--only REGEX] [--out runs/reproduce] [--threads 2]
-                                              [--by FIELD]
+                                              [--by FIELD] [--ema-decay 0]
 
 Suites: census-models (Census groups 1 and 2: Shared-Bottom, OMoE, MMoE, CGC, PLE, DSelect-k, PEPNet,
 AITM under EW), census-methods (group 1 MMoE under every balancing method), single-task (one model per
@@ -85,12 +85,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default=None, help="run only the rows whose label matches this regular expression")
     p.add_argument("--by", default=None, metavar="FIELD", help="also score each value of this sparse field apart")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="the runs' weight-average decay (default: the CLI's; 0: score the last weights)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for label, settings in suite(args.suite):
         if args.only and not re.search(args.only, label):
             continue
+        if args.ema_decay is not None:
+            settings = {**settings, "ema_decay": args.ema_decay}
         results = []
         for seed in seeds:
             d = run_dir(args.out, settings, seed)

@@ -105,6 +105,8 @@ TRAIN_FLAGS = {
     "lr": (positive_float, "learning rate"),
     "weight_decay": (float, "weight decay"),
     "optimizer": (str, "adam | adamw | sgd"),
+    "ema_decay": (float, "score and save the EMA of the weights, this decay per step (default 0.998; 0: the last "
+                         "weights)"),
     "seed": (nonnegative_int, "seed of initialisation, batch order and method randomness"),
     "threads": (positive_int, "torch CPU threads (default: all cores)"),
     "patience": (nonnegative_int, "epochs without a better validation score before stopping"),

@@ -37,6 +37,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"
+    ema_decay: float = 0.998         # scored/saved weights: their EMA with this decay per step (0: the last)
     seed: int = 0
     threads: int = 0                 # 0: torch's default (all cores)
     patience: int = 3                # epochs without a better validation score before stopping
@@ -141,6 +142,8 @@ def check(c: TrainConfig) -> None:
         raise ConfigError(f"lr must be a number > 0, got {c.lr!r}")
     if not c.weight_decay >= 0:
         raise ConfigError(f"weight-decay must be a number >= 0, got {c.weight_decay!r}")
+    if not 0 <= c.ema_decay < 1:
+        raise ConfigError(f"ema-decay must be in [0, 1), got {c.ema_decay!r}")
     if c.dselect_gates not in DSELECT_GATES:
         raise ConfigError(f"dselect-gates must be one of {', '.join(DSELECT_GATES)}, got {c.dselect_gates!r}")
     if not (isinstance(c.dselect_entropy, (int, float)) and 0 <= c.dselect_entropy < float("inf")):

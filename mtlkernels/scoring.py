@@ -65,7 +65,7 @@ def evaluate_run(run_dir: str, *, data: str | None = None, split: str = "test",
         md, source = None, data
     groups = segments(table, pre, by) if by is not None else []
     trainer = Trainer(config, md if md is not None else _data_for(config, s), None)
-    trainer.model.load_state_dict(s["model"])
+    trainer.use_weights(s["model"])
 
     def scores(rows: TabularData) -> dict[str, Any]:
         metrics, losses = trainer.evaluate(rows)

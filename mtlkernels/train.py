@@ -8,6 +8,10 @@ Run directory::
     metrics.json             per epoch (train and validation), diagnostics, best, final (valid, test)
     checkpoints/last.pt      model, optimiser, method state, RNG states, the trainer's position
     checkpoints/best.pt      the same at the best validation epoch (what ``final`` scores)
+
+A checkpoint's ``model`` holds the weights the run scores: with ``ema_decay`` > 0 the moving
+average of the trained weights (``mtlkernels.weight_average``), whose trained weights and update
+count are kept beside it (``trained_model``, ``average_steps``) for ``--resume``.
     plots/*.png              loss, AUC, task weights, gradient cosines, calibration
 
 Determinism: the batch order of epoch e is a permutation from a generator seeded with
@@ -44,8 +48,9 @@ from mtlkernels.evaluation import monitor_value, task_metrics
 from mtlkernels.losses import MultiTaskLoss
 from mtlkernels.ops import gram
 from mtlkernels.plots import write_plots
+from mtlkernels.weight_average import WeightAverage
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 POSTFIX_EVERY = 25  # steps between progress-bar loss refreshes (each one reads the losses)
 
 
@@ -135,6 +140,7 @@ class Trainer:
         if len(self.data.train):  # a stand-in without rows (scoring a saved run) loads the edges instead
             self.model.features.fit_dense_bins(self.data.train.dense)
         self.method = build_method(c.method, self.model, T, c.to_dict())
+        self.average = WeightAverage(self.model, c.ema_decay) if c.ema_decay > 0 else None
         params = list(self.model.parameters()) + list(self.method.parameters())
         if c.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
@@ -187,6 +193,8 @@ class Trainer:
             raise TrainingError(f"epoch {self.position['epoch'] + 1}, step {self.position['step'] + 1}: {exc} "
                                 "(a smaller --lr may help; the checkpoints hold the last finished epoch)") from None
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         if hasattr(self.method, "after_step"):  # FAMO: the same batch's losses after the update
             with torch.no_grad():
                 self.method.after_step(self._forward(b)[0])
@@ -264,7 +272,7 @@ class Trainer:
         improved = score > pos["best"]
         if improved:
             pos["best"], pos["best_epoch"], pos["bad_epochs"] = score, pos["epoch"], 0
-            self.best_model = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best_model = {k: v.detach().clone() for k, v in self.scoring_model().state_dict().items()}
         else:
             pos["bad_epochs"] += 1
         pos["step"] = 0
@@ -338,7 +346,7 @@ class Trainer:
         if self.run_dir:  # last.pt keeps the last step's weights; the final scores are the best epoch's
             self.save(self._ckpt("last"))
         if self.best_model is not None:
-            self.model.load_state_dict(self.best_model)
+            self.use_weights(self.best_model)
         final = {}
         for split in ("valid", "test"):
             final[split], losses = self.evaluate(self.data.splits[split], reliability=True)
@@ -351,20 +359,33 @@ class Trainer:
         return m
 
     # ------------------------------------------------------------------ evaluation
+    def scoring_model(self) -> torch.nn.Module:
+        """The model evaluation runs and checkpoints save: the weight average when ``ema_decay``
+        > 0 (once a step has been taken), else the trained model."""
+        return self.model if self.average is None else self.average.model(self.model)
+
+    def use_weights(self, state: dict[str, Tensor]) -> None:
+        """Scores with these weights from now on (a checkpoint's ``model``): loads them into
+        the model and ends the weight averaging (training is over)."""
+        self.model.load_state_dict(state)
+        self.average = None
+
     @torch.no_grad()
     def predict(self, data: TabularData) -> tuple[Tensor, Tensor]:
-        """(task logits ``[N, T]``, raw model outputs) in evaluation mode, in order."""
-        self.model.eval()
-        outs = [self.model(b.sparse, b.dense, b.bags) for b in data.batches(self.config.eval_batch_size)]
+        """(task logits ``[N, T]``, raw model outputs) of ``scoring_model()`` in evaluation mode,
+        in order."""
+        model = self.scoring_model()
+        model.eval()
+        outs = [model(b.sparse, b.dense, b.bags) for b in data.batches(self.config.eval_batch_size)]
         out = torch.cat(outs) if outs else torch.zeros(0, len(self.names))
-        return self.model.task_logits(out), out
+        return model.task_logits(out), out
 
     def evaluate(self, data: TabularData, *, reliability: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
         """(per-task metrics, per-task losses as trained) on ``data``."""
         logits, out = self.predict(data)
         with torch.no_grad():
             losses = self.loss_fn(logits, data.labels, data.mask, data.weights)
-            extra = self.model.extra_task_losses(out)
+            extra = self.scoring_model().extra_task_losses(out)
             if extra is not None:
                 losses = losses + extra
         return (task_metrics(logits, data, self.kinds, self.names, reliability=reliability),
@@ -397,7 +418,10 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
                 "preprocessor": self.data.preprocessor.state_dict(), "tasks": self.names,
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "model": self.scoring_model().state_dict(),
+                "trained_model": None if self.average is None else self.model.state_dict(),
+                "average_steps": 0 if self.average is None else self.average.steps,
+                "optimizer": self.optimizer.state_dict(),
                 "method": self.method.state_dict(), "rng": _rng_state(), "position": dict(self.position),
                 "history": self.history, "acc": self.acc}
 
@@ -407,7 +431,11 @@ class Trainer:
         os.replace(tmp, path)
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
-        self.model.load_state_dict(s["model"])
+        if self.average is None:
+            self.model.load_state_dict(s["model"])
+        else:
+            self.model.load_state_dict(s["trained_model"])
+            self.average.load(s["model"], s["average_steps"])
         self.optimizer.load_state_dict(s["optimizer"])
         self.method.load_state_dict(s["method"])
         self.position, self.history, self.acc = dict(s["position"]), s["history"], s["acc"]

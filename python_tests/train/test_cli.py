@@ -44,6 +44,8 @@ def one_line_error(capsys, argv, match):
     (["train", "--method", "magic"], "method must be one of"),
     (["train", "--optimizer", "lion"], "optimizer must be one of"),
     (["train", "--dropout", "1.5"], "dropout must be in [0, 1)"),
+    (["train", "--ema-decay", "1"], "ema-decay must be in [0, 1)"),
+    (["train", "--ema-decay", "nan"], "ema-decay must be a finite number"),
     (["train", "--dselect-gates", "sparse"], "dselect-gates must be one of per-example, static"),
     (["train", "--dselect-entropy", "-1"], "dselect-entropy must be a finite number >= 0"),
     (["train", "--domain-fields", "heavy"], "domain-fields (EPNet) applies to --model pepnet, got --model mmoe"),

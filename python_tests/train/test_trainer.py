@@ -107,12 +107,14 @@ def test_same_seed_same_run_other_seed_other_run():
     assert a["final"] != c["final"]
 
 
-@pytest.mark.parametrize("method,stop_at", [("pcgrad", 5), ("dwa", 12), ("gradnorm", 16), ("uw", 1), ("famo", 7),
-                                            ("nash-mtl", 9)])
-def test_ctrl_c_then_resume_is_bit_exact(method, stop_at, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method,stop_at,ema_decay", [("pcgrad", 5, 0.998), ("dwa", 12, 0.9), ("gradnorm", 16, 0.998),
+                                                      ("uw", 1, 0.998), ("famo", 7, 0.998), ("nash-mtl", 9, 0.998),
+                                                      ("pcgrad", 5, 0.0), ("ew", 12, 0.0)])
+def test_ctrl_c_then_resume_is_bit_exact(method, stop_at, ema_decay, tmp_path, monkeypatch):
     """An interrupted run (a real SIGINT in the middle of a step) resumed from its last
-    checkpoint ends with exactly the metrics and weights of an uninterrupted run."""
-    cfg = config(method=method, dropout=0.1, epochs=3)
+    checkpoint ends with exactly the metrics and weights of an uninterrupted run, with and
+    without the weight average."""
+    cfg = config(method=method, dropout=0.1, epochs=3, ema_decay=ema_decay)
     full = Trainer(cfg, run_dir=str(tmp_path / "full"))
     reference = without_timing(full.fit())
 
