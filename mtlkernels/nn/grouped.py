@@ -6,7 +6,9 @@ A layer whose input is shared by all groups (``[B, in]``) stores its weight as `
 and runs as ONE matrix product ``[B, in] @ [in, G*out]``; a layer whose input differs per group
 (``[B, G, in]``) stores ``[G, in, out]``. Both run through the fused ``grouped_mlp`` op (bias and
 ReLU, and in the backward the ReLU mask and the bias gradient, fused into one pass each), a whole
-Linear/ReLU stack in one call.
+Linear/ReLU stack in one call. With batch norm, evaluation without autograd folds each norm's
+running statistics and affine map into its layer's weight and bias, so serving runs the same
+single fused call as a model without batch norm.
 """
 from __future__ import annotations
 
@@ -74,8 +76,9 @@ class GroupedMLP(nn.Module):
     Input ``[B, in]`` when ``shared_input`` (e.g. experts reading the feature vector) or
     ``[B, G, in]``; output ``[B, G, hidden[-1]]``. ``last_activation=False`` leaves the last
     layer raw (tower logits). Without batch norm and active dropout the whole stack is one
-    fused ``grouped_mlp`` call; otherwise each layer is one call followed by the norm, ReLU and
-    dropout.
+    fused ``grouped_mlp`` call; so is it with batch norm in evaluation mode without autograd
+    (the running statistics folded into the weights, ``folded_parameters``); otherwise each layer
+    is one call followed by the norm, ReLU and dropout.
     """
 
     def __init__(self, groups: int, in_features: int, hidden: list[int] | tuple[int, ...], *,
@@ -100,9 +103,46 @@ class GroupedMLP(nn.Module):
         normed = len(hidden) if last_activation else len(hidden) - 1
         self.norms = nn.ModuleList(nn.BatchNorm1d(groups * w) for w in hidden[:normed]) if batch_norm else None
         self.out_features = hidden[-1]
+        self._folded: tuple[tuple, list[Tensor], list[Tensor]] | None = None  # (key, weights, biases)
 
     def _activated(self, i: int) -> bool:
         return i < len(self.layers) - 1 or self.last_activation
+
+    def folded_parameters(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Per layer, the weight and bias with the layer's batch norm (evaluation form, its
+        running statistics) folded in: ``BN(h W + b) = h (W s) + (b - mean) s + beta`` with
+        ``s = gamma / sqrt(var + eps)`` per output channel (group-major, as the norm reads
+        ``[B, G * width]``); layers without a norm unchanged. Without autograd (a serving
+        forward) the result is kept until a parameter or statistic changes (their version
+        counters and storage), so repeated calls cost nothing; it holds one copy of the
+        weights."""
+        tensors = [t for layer in self.layers for t in (layer.weight, layer.bias)]
+        # the norm's forward updates its running statistics without bumping their version
+        # counters, but always counts the batch in num_batches_tracked (in place: bumped)
+        tensors += [t for n in self.norms
+                    for t in (n.weight, n.bias, n.running_mean, n.running_var, n.num_batches_tracked)]
+        cache = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        key = tuple((t._version, t.data_ptr()) for t in tensors if t is not None) if cache else None
+        if cache and self._folded is not None and self._folded[0] == key:
+            return self._folded[1], self._folded[2]
+        weights, biases = [], []
+        for i, layer in enumerate(self.layers):
+            w, b = layer.weight, layer.bias
+            if i < len(self.norms):
+                n = self.norms[i]
+                G, W = self.groups, layer.out_features
+                scale = n.running_var.add(n.eps).rsqrt()
+                if n.weight is not None:
+                    scale = scale * n.weight
+                shift = (b.reshape(-1) if b is not None else 0) - n.running_mean
+                shift = shift * scale + (n.bias if n.bias is not None else 0)
+                w = w * scale.view(1, G, W) if layer.shared_input else w * scale.view(G, 1, W)
+                b = shift.view(G, W)
+            weights.append(w)
+            biases.append(b)
+        if cache:
+            self._folded = (key, weights, biases)
+        return weights, biases
 
     def forward(self, x: Tensor, gates: list[Tensor | None] | None = None) -> Tensor:
         """``gates``: None, or per layer None or ``[B, G, width_l]`` PPNet gate logits u: layer l's
@@ -111,10 +151,13 @@ class GroupedMLP(nn.Module):
         if gates is not None and len(gates) != len(self.layers):
             raise ValueError(f"GroupedMLP: gates has {len(gates)} entries for {len(self.layers)} layers")
         gates = gates if gates is not None else [None] * len(self.layers)
-        if self.norms is None and (self.dropout == 0 or not self.training):
+        serving_norms = (self.norms is not None and not self.training and not torch.is_grad_enabled()
+                         and all(n.track_running_stats for n in self.norms))
+        if (self.norms is None and (self.dropout == 0 or not self.training)) or serving_norms:
             relu = [self._activated(i) and self.activation == "relu" for i in range(len(self.layers))]
-            return grouped_mlp(x, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
-                               relu, shared_input=self.shared_input, gates=gates)
+            weights, biases = (self.folded_parameters() if serving_norms else
+                               ([layer.weight for layer in self.layers], [layer.bias for layer in self.layers]))
+            return grouped_mlp(x, weights, biases, relu, shared_input=self.shared_input, gates=gates)
         h = x
         for i, layer in enumerate(self.layers):
             activated = self._activated(i)

@@ -58,3 +58,102 @@ def test_grouped_linear_layouts():
         torch.testing.assert_close(out[:, g], torch.relu(x[:, g] @ lin.weight[g]))
     with pytest.raises(ValueError, match=r"x must be \[B, G, in\]"):
         lin(torch.randn(5, 4))
+
+
+def _trained_norms(mlp: GroupedMLP, x: torch.Tensor) -> GroupedMLP:
+    """Running statistics and affine maps away from their initial 0 / 1."""
+    with torch.no_grad():
+        for n in mlp.norms:
+            if n.weight is not None:
+                n.weight.uniform_(0.5, 2.0)
+                n.bias.uniform_(-1.0, 1.0)
+    mlp.train()
+    for _ in range(3):
+        mlp(x * 3 + 1)
+    return mlp.eval()
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+@pytest.mark.parametrize("last_activation", [True, False])
+@pytest.mark.parametrize("bias,affine", [(True, True), (False, True), (True, False)])
+def test_serving_folds_batch_norm_into_one_fused_call(shared_input, last_activation, bias, affine):
+    """Evaluation without autograd (the folded weights, one op call) equals evaluation with it
+    (one call per layer, then the norm): every layout, bias and affine setting."""
+    torch.manual_seed(0)
+    G, B = 3, 16
+    mlp = GroupedMLP(G, 5, [7, 6, 4], shared_input=shared_input, last_activation=last_activation,
+                     batch_norm=True).double()
+    if not bias:
+        for layer in mlp.layers:
+            layer.bias = None
+    if not affine:
+        for i, n in enumerate(mlp.norms):
+            mlp.norms[i] = torch.nn.BatchNorm1d(n.num_features, affine=False).double()
+    x = torch.randn(B, 5, dtype=torch.float64) if shared_input else torch.randn(B, G, 5, dtype=torch.float64)
+    _trained_norms(mlp, x)
+    with torch.enable_grad():
+        per_layer = mlp(x)
+    with torch.no_grad():
+        folded = mlp(x)
+    torch.testing.assert_close(folded, per_layer)
+    with torch.inference_mode():
+        torch.testing.assert_close(mlp(x), per_layer)
+
+
+def test_folded_parameters_are_kept_until_a_parameter_or_statistic_changes():
+    torch.manual_seed(0)
+    mlp = GroupedMLP(2, 4, [6, 3], shared_input=True, batch_norm=True).double()
+    x = torch.randn(12, 4, dtype=torch.float64)
+    _trained_norms(mlp, x)
+
+    def check():
+        with torch.enable_grad():
+            expect = mlp(x)
+        with torch.no_grad():
+            torch.testing.assert_close(mlp(x), expect)
+
+    with torch.no_grad():
+        first = mlp.folded_parameters()
+        assert mlp.folded_parameters()[0][0] is first[0][0]  # kept
+    check()
+    with torch.no_grad():  # an optimiser step: in place
+        mlp.layers[0].weight.add_(0.5)
+    check()
+    mlp.train()
+    mlp(x * 2 - 1)  # new running statistics
+    mlp.eval()
+    check()
+    other = GroupedMLP(2, 4, [6, 3], shared_input=True, batch_norm=True).double()
+    mlp.load_state_dict(_trained_norms(other, x + 1).state_dict())
+    check()
+    with torch.no_grad():
+        assert mlp.folded_parameters()[0][0] is not first[0][0]
+
+
+def test_training_and_gradients_never_use_the_folded_path():
+    torch.manual_seed(0)
+    mlp = GroupedMLP(2, 4, [6, 3], shared_input=True, batch_norm=True).double()
+    x = torch.randn(12, 4, dtype=torch.float64)
+    _trained_norms(mlp, x)
+    out = mlp(x)  # eval, autograd on: the norm's own backward
+    grads = torch.autograd.grad(out.sum(), [mlp.norms[0].weight])
+    assert grads[0].abs().sum() > 0
+    mlp.train()
+    with torch.no_grad():
+        a = mlp(x)
+    mlp.eval()
+    with torch.no_grad():
+        b = mlp(x)
+    assert not torch.allclose(a, b)  # training mode: batch statistics, not the running ones
+
+
+def test_folded_serving_compiles_fullgraph():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mlp = GroupedMLP(3, 5, [7, 4], shared_input=True, batch_norm=True)
+    x = torch.randn(8, 5)
+    _trained_norms(mlp, x)
+    with torch.no_grad():
+        eager = mlp(x)
+        compiled = torch.compile(mlp, fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager)

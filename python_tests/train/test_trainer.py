@@ -148,6 +148,16 @@ def test_a_finished_run_does_not_resume(tmp_path):
         Trainer.resume(str(tmp_path))
 
 
+def test_a_checkpoint_of_another_format_is_refused(tmp_path):
+    Trainer(config(epochs=1), run_dir=str(tmp_path)).fit()
+    path = tmp_path / "checkpoints" / "last.pt"
+    s = torch.load(path, weights_only=False)
+    s["format"] = 1  # before the weight average: its "model" was the trained weights
+    torch.save(s, path)
+    with pytest.raises(ConfigError, match="checkpoint format 1, this mtlkernels reads 2"):
+        Trainer.resume(str(tmp_path))
+
+
 def test_diagnostics_are_cosines_of_the_task_gradients():
     for method in ("ew", "mgda"):
         t = Trainer(config(method=method, epochs=1, diagnostics_every=3))
