@@ -1,8 +1,8 @@
 """Overhead of the training loop: samples/s of ``Trainer``'s loop (batches gathered by index,
-the step through ``method.backward``, optimiser, loss bookkeeping, diagnostics every 100 steps,
-the progress bar) against the model's forward + backward + optimiser step alone on the same
-pre-gathered batches, side by side in one run (interleaved medians). Census group 1, MMoE at the
-default settings, EW.
+the step through ``method.backward``, optimiser, the weight average, loss bookkeeping,
+diagnostics every 100 steps, the progress bar) against the model's forward + backward +
+optimiser step alone on the same pre-gathered batches, side by side in one run (interleaved
+medians). Census group 1, MMoE at the default settings, EW.
 
     .venv/bin/python bench/train_loop_bench.py [--threads 1] [--steps 40] [--reps 5]
 """
@@ -65,7 +65,7 @@ def main() -> None:
     print(f"Census MMoE (defaults), batch {args.batch_size}, {args.steps} steps, {args.threads} thread(s), "
           f"median of {args.reps} interleaved runs")
     print(f"  model fwd+bwd+Adam alone : {rows / t['alone']:10,.0f} samples/s")
-    print(f"  Trainer loop (EW)        : {rows / t['loop']:10,.0f} samples/s")
+    print(f"  Trainer loop (EW, EMA)   : {rows / t['loop']:10,.0f} samples/s")
     print(f"  loop / alone time        : {t['loop'] / t['alone']:.3f}x  (bar: <= 1.2x)")
 
 
