@@ -8,11 +8,11 @@ Run directory::
     metrics.json             per epoch (train and validation), diagnostics, best, final (valid, test)
     checkpoints/last.pt      model, optimiser, method state, RNG states, the trainer's position
     checkpoints/best.pt      the same at the best validation epoch (what ``final`` scores)
+    plots/*.png              loss, AUC, task weights, gradient cosines, calibration
 
 A checkpoint's ``model`` holds the weights the run scores: with ``ema_decay`` > 0 the moving
 average of the trained weights (``mtlkernels.weight_average``), whose trained weights and update
 count are kept beside it (``trained_model``, ``average_steps``) for ``--resume``.
-    plots/*.png              loss, AUC, task weights, gradient cosines, calibration
 
 Determinism: the batch order of epoch e is a permutation from a generator seeded with
 ``(seed, e)``; every other random draw (initialisation, dropout, task orders) comes from the
