@@ -193,11 +193,11 @@ class Trainer:
             raise TrainingError(f"epoch {self.position['epoch'] + 1}, step {self.position['step'] + 1}: {exc} "
                                 "(a smaller --lr may help; the checkpoints hold the last finished epoch)") from None
         self.optimizer.step()
-        if self.average is not None:
-            self.average.update(self.model)
         if hasattr(self.method, "after_step"):  # FAMO: the same batch's losses after the update
             with torch.no_grad():
                 self.method.after_step(self._forward(b)[0])
+        if self.average is not None:  # last: it copies the buffers this step's forwards left
+            self.average.update(self.model)
         if diagnose and G is None:
             G = self.method.last_gram
         return losses.detach(), weights.detach(), logits.detach(), G

@@ -25,43 +25,33 @@ class WeightAverage:
         if not 0 < decay < 1:
             raise ValueError(f"WeightAverage: decay must be in (0, 1), got {decay!r}")
         self.decay = decay
-        self._weight = 1.0  # of the new weights in the update in progress
         self._averaged = AveragedModel(model, multi_avg_fn=self._lerp, use_buffers=False)
-        self._steps = 0  # the averaged model's count, as a Python int
 
     @property
     def steps(self) -> int:
         """Updates so far (0: nothing averaged yet)."""
-        return self._steps
+        return int(self._averaged.n_averaged)
 
     def step_decay(self, n: int) -> float:
         """The decay of the update after ``n`` updates (n >= 1)."""
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
-    def _lerp(self, averaged: list[Tensor], current: list[Tensor], _n_averaged: Tensor) -> None:
-        torch._foreach_lerp_(averaged, current, self._weight)
+    def _lerp(self, averaged: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
+        torch._foreach_lerp_(averaged, current, 1.0 - self.step_decay(int(n_averaged)))
 
     def update(self, model: nn.Module) -> None:
-        """Folds ``model``'s current parameters in (after an optimiser step); copies its buffers."""
-        if self._steps:
-            self._weight = 1.0 - self.step_decay(self._steps)
+        """Folds ``model``'s current parameters in (after an optimiser step) and copies its
+        buffers, which the averaged model keeps until the next update."""
         self._averaged.update_parameters(model)
-        self._steps += 1
 
     def model(self, trained: nn.Module) -> nn.Module:
-        """The averaged model, its buffers those of ``trained``; ``trained`` itself before the
-        first update."""
-        if self._steps == 0:
-            return trained
-        averaged = self._averaged.module
-        for mine, theirs in zip(averaged.buffers(), trained.buffers(), strict=True):
-            mine.copy_(theirs)
-        return averaged
+        """The averaged model (its buffers ``trained``'s at the last update); ``trained`` itself
+        before the first update."""
+        return trained if self.steps == 0 else self._averaged.module
 
     def load(self, averaged: dict[str, Any], steps: int) -> None:
         """Restores a saved average: the averaged model's state dict and the update count."""
         if steps:
             self._averaged.module.load_state_dict(averaged)
         self._averaged.n_averaged.fill_(steps)
-        self._steps = steps
