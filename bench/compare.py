@@ -3,7 +3,7 @@ markdown tables of median times (interleaved runs), ratios, and an agreement col
 speed is never bought with a different answer.
 
     PYTHONPATH=.peers python bench/compare.py [--sections step aggregation models metrics census]
-        [--P 1e5 1e6 1e7] [--T 2 4 8 16] [--threads 1 2] [--reps 5] [--epochs 10]
+        [--P 1e5 1e6 1e7] [--T 2 4 8 16] [--threads 1 2] [--reps 5] [--epochs 10] [--seeds 0,1,2]
 
 Peers: ``bash bench/install_peers.sh [DIR]`` installs them (default ``.peers``) next to torch
 2.13.0 CPU without their dependencies, which would pull another torch. A missing peer is
@@ -23,8 +23,10 @@ Sections:
 - ``census``: Census-Income group 1 end to end: torch-rechub 0.9's MMOE with its ``MTLTrainer`` at
   its ``run_census.py`` configuration (4-dim embeddings, 8 experts [16], towers [8], Adam lr 1e-3,
   weight decay 1e-4, batch 1024, early stopping on income) against ``mtlkernels`` ``Trainer`` at
-  that model size, on the same splits and preprocessed tensors (our vocabularies and standardised
-  dense columns for both), ``--epochs`` each (10, the issue's measurement); test AUC of both tasks
+  that model size with batch norm in the experts and towers as its MLPs have it (parameter counts
+  printed), on the same splits and preprocessed tensors (our vocabularies and standardised dense
+  columns for both), ``--epochs`` each (10, the issue's measurement) for each of ``--seeds``
+  (model initialisation and batch order); test AUC of both tasks (mean ± std over the seeds)
   and seconds per epoch. ``mtlkernels train``'s default model is the README's reproduction.
 - ``models``: MMoE and PLE (2 levels) forward+backward (Adam step excluded) and serving (eval forward at batch 128)
   at the Census size and the many-small-experts size of ``bench/models_table.py``: ours against
@@ -263,7 +265,7 @@ def step_section(reps: int) -> None:
               f"{lib} | {agree} |", flush=True)
 
 
-def census_section(epochs: int) -> None:
+def census_section(epochs: int, seeds: list[int]) -> None:
     print(f"\n## Census group 1, {epochs} epochs: torch-rechub's MMOE and trainer vs mtlkernels at that size\n")
     try:
         from torch_rechub.basic.features import DenseFeature, SparseFeature
@@ -273,6 +275,7 @@ def census_section(epochs: int) -> None:
     except ImportError as exc:
         print(f"torch-rechub is not importable ({exc}); see the docstring.")
         return
+    import statistics
     import tempfile
     import time
 
@@ -280,8 +283,9 @@ def census_section(epochs: int) -> None:
     from mtlkernels.metrics import auc
     from mtlkernels.train import Trainer, load_data
 
+    # batch norm on ours: torch-rechub's MLPs (experts and towers) have it
     size = dict(dense_bins=0, embedding_dim=4, experts=8, expert_hidden=[16], tower_hidden=[8], lr=1e-3,
-                weight_decay=1e-4, batch_size=1024, epochs=epochs, patience=epochs, progress=False)
+                weight_decay=1e-4, batch_size=1024, epochs=epochs, patience=epochs, batch_norm=True, progress=False)
     data = load_data(TrainConfig(**size))
     schema = data.feature_schema(4)
     sparse, dense = [f.name for f in schema.sparse], list(schema.dense)
@@ -291,34 +295,51 @@ def census_section(epochs: int) -> None:
         x.update({n: split.dense[:, k].float().numpy() for k, n in enumerate(dense)})
         return x, split.labels.numpy()
 
-    torch.manual_seed(0)
-    features = [SparseFeature(f.name, f.vocab_size, embed_dim=4) for f in schema.sparse] + \
-        [DenseFeature(n) for n in dense]
-    model = MMOE(features, ["classification", "classification"], 8, expert_params={"dims": [16]},
-                 tower_params_list=[{"dims": [8]}, {"dims": [8]}])
     (xt, yt), (xv, yv), (xs, ys) = frame(data.train), frame(data.valid), frame(data.test)
-    loaders = DataGenerator(xt, yt).generate_dataloader(x_val=xv, y_val=yv, x_test=xs, y_test=ys, batch_size=1024)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = MTLTrainer(model, task_types=["classification", "classification"],
-                             optimizer_params={"lr": 1e-3, "weight_decay": 1e-4}, n_epoch=epochs,
-                             earlystop_patience=30, device="cpu", model_path=tmp)
+    results = {"rechub": [], "ours": []}  # per seed: (income AUC, never_married AUC, s / epoch)
+    counts = {}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        features = [SparseFeature(f.name, f.vocab_size, embed_dim=4) for f in schema.sparse] + \
+            [DenseFeature(n) for n in dense]
+        model = MMOE(features, ["classification", "classification"], 8, expert_params={"dims": [16]},
+                     tower_params_list=[{"dims": [8]}, {"dims": [8]}])
+        counts["rechub"] = sum(p.numel() for p in model.parameters())
+        loaders = DataGenerator(xt, yt).generate_dataloader(x_val=xv, y_val=yv, x_test=xs, y_test=ys,
+                                                            batch_size=1024)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = MTLTrainer(model, task_types=["classification", "classification"],
+                                 optimizer_params={"lr": 1e-3, "weight_decay": 1e-4}, n_epoch=epochs,
+                                 earlystop_patience=30, device="cpu", model_path=tmp)
+            t0 = time.perf_counter()
+            trainer.fit(loaders[0], loaders[1])
+            seconds = (time.perf_counter() - t0) / epochs  # validation scoring included, as in its loop
+        model.eval()
+        with torch.no_grad():
+            probs = torch.cat([model({k: v for k, v in x.items()}) for x, _ in loaders[2]])
+        results["rechub"].append((*(float(auc(probs[:, k].double(), data.test.labels[:, k])) for k in range(2)),
+                                  seconds))
+        ours = Trainer(TrainConfig(**size, seed=seed, threads=torch.get_num_threads()), data, None)
+        counts["ours"] = sum(p.numel() for p in ours.model.parameters())
         t0 = time.perf_counter()
-        trainer.fit(loaders[0], loaders[1])
-        rechub_seconds = (time.perf_counter() - t0) / epochs  # validation scoring included, as in its loop
-    model.eval()
-    with torch.no_grad():
-        probs = torch.cat([model({k: v for k, v in x.items()}) for x, _ in loaders[2]])
-    rechub = [float(auc(probs[:, k].double(), data.test.labels[:, k])) for k in range(2)]
-    ours = Trainer(TrainConfig(**size, threads=torch.get_num_threads()), data, None)
-    t0 = time.perf_counter()
-    m = ours.fit()
-    ours_seconds = (time.perf_counter() - t0) / len(m["epochs"])
-    test = m["final"]["test"]
-    print("| side | income test AUC | never_married test AUC | s / epoch (training + validation) |")
-    print("|---|---|---|---|")
-    print(f"| torch-rechub 0.9 MMOE + MTLTrainer | {rechub[0]:.4f} | {rechub[1]:.4f} | {rechub_seconds:.1f} |")
-    print(f"| mtlkernels MMoE + Trainer, same size | {test['income']['auc']:.4f} | {test['never_married']['auc']:.4f} | "
-          f"{ours_seconds:.1f} |", flush=True)
+        m = ours.fit()
+        test = m["final"]["test"]
+        results["ours"].append((test["income"]["auc"], test["never_married"]["auc"],
+                                (time.perf_counter() - t0) / len(m["epochs"])))
+
+    def cell(values, digits):
+        sd = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.{digits}f}{sd}"
+
+    print(f"seeds {seeds}\n")
+    print("| side | parameters | income test AUC | never_married test AUC | s / epoch (training + validation) |")
+    print("|---|---|---|---|---|")
+    for key, label in (("rechub", "torch-rechub 0.9 MMOE + MTLTrainer"), ("ours", "mtlkernels MMoE + Trainer, same size")):
+        r = results[key]
+        print(f"| {label} | {counts[key]:,} | {cell([x[0] for x in r], 4)} | {cell([x[1] for x in r], 4)} | "
+              f"{cell([x[2] for x in r], 2)} |")
+    speed = statistics.mean(x[2] for x in results["rechub"]) / statistics.mean(x[2] for x in results["ours"])
+    print(f"\nours {speed:.1f}x faster per epoch", flush=True)
 
 
 def import_nextrec():
@@ -509,6 +530,7 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", default=["step", "aggregation", "models", "metrics", "census"],
                    choices=["step", "aggregation", "models", "metrics", "census"])
     p.add_argument("--epochs", type=int, default=10, help="epochs of the census section")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the census section")
     p.add_argument("--P", type=float, nargs="+", default=[1e5, 1e6, 1e7])
     p.add_argument("--T", type=int, nargs="+", default=[2, 4, 8, 16])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -529,7 +551,7 @@ def main() -> None:
         if "metrics" in args.sections:
             metrics_section(args.reps)
         if "census" in args.sections:
-            census_section(args.epochs)
+            census_section(args.epochs, [int(x) for x in args.seeds.split(",")])
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ PIP="${MTLK_VENV:-.venv}/bin/pip"
 # cvxpy + clarabel; Nash-MTL: cvxpy + ecos; cvxpy's own imports: osqp, scs, qdldl)
 # LibMTL's weighting modules (loaded by file, without its package imports); torch-rechub;
 # DeepCTR-Torch (+ requests, which its import uses for a version check); torchmetrics (+
-# lightning-utilities) for the metrics section. scikit-learn is a test dependency.
+# lightning-utilities) for the metrics section; scikit-learn (the metrics section, and torch-rechub
+# imports it) with what it imports (scipy, joblib + cloudpickle, narwhals, threadpoolctl).
 "$PIP" install -q --target "$DIR" --no-deps \
   torchjd==0.18.0 qpsolvers quadprog cvxpy clarabel ecos osqp scs qdldl \
   LibMTL==1.1.5 torch-rechub==0.9.0 deepctr-torch==0.3.0 requests urllib3 idna certifi charset_normalizer \
-  torchmetrics lightning-utilities
+  torchmetrics lightning-utilities \
+  scikit-learn scipy joblib cloudpickle narwhals threadpoolctl
 # NextRec (newest) and what its import needs (polars, transformers, huggingface_hub, httpx, PyYAML
 # and their own dependencies, none of which is torch) in DIR/nextrec_env, which bench/compare.py
 # appends to sys.path last, so that the project's numpy and the rest keep precedence

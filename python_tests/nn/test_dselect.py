@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mtlkernels import nn as mnn
+from mtlkernels.data import synthetic
 from mtlkernels.nn.dselect import DSelectKGates, smooth_step
 
 
@@ -90,3 +91,28 @@ def test_bad_gate_settings(kwargs, match):
 def test_per_example_gates_need_the_input():
     with pytest.raises(ValueError, match="need the input x"):
         DSelectKGates(2, 4, 2, in_features=3)()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_static_gates_trained_on_the_mmoe_synthetic_data_binarise_to_at_most_k_experts_per_task(seed):
+    """Static gates, entropy weight 0.1, Adam on the MMoE paper's two regression tasks: every
+    selector ends exactly one-hot, so each task mixes at most k = 2 of the 8 experts (fewer when
+    both selectors pick the same expert, as the paper allows) with weights that sum to 1.
+    bench/dselect_binarise.py measures the same at full size, through the trainer."""
+    torch.manual_seed(seed)
+    frame = synthetic.mmoe_frame(4000, 0.5, seed=seed)
+    x = torch.tensor(frame[[f"x{j}" for j in range(synthetic.DIM)]].to_numpy(), dtype=torch.float32)
+    y = torch.tensor(frame[["y1", "y2"]].to_numpy(), dtype=torch.float32)
+    model = mnn.DSelectK(synthetic.DIM, 2, 8, 2, (16,), (8,), per_example=False, entropy_weight=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(1500):
+        rows = torch.randint(0, len(x), (64,))
+        logits = model(x[rows])
+        loss = ((logits - y[rows]) ** 2).mean(0) + model.extra_task_losses(logits)
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+    q, r = model.gates()
+    assert ((r == 0) | (r == 1)).all()
+    assert all(1 <= n <= 2 for n in (q[0] > 0).sum(-1).tolist())
+    torch.testing.assert_close(q.sum(-1), torch.ones(1, 2))
