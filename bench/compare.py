@@ -44,7 +44,11 @@ Sections:
   difference of the two updates on a float64 J ``[T, 20000]``, with the same task orders for
   PCGrad and GradVac, TorchJD's GradVac EMA rule, scale conventions aligned. MGDA differs by
   definition (ours solves the min-norm problem exactly, TorchJD runs Frank-Wolfe): its column is
-  ``w'Gw`` of TorchJD's weights over ours, the excess of its objective.
+  ``w'Gw`` of TorchJD's weights over ours, the excess of its objective. LibMTL 1.1.5 (PCGrad,
+  GradVac, MGDA: its weighting classes' ``backward`` with J in place of its per-task backward
+  passes, writing its update with its own ``_reset_grad``; its CAGrad is written for exactly 3
+  tasks, its other methods are not aggregations of J): time and agreement alike, with its
+  ``random.shuffle`` orders.
 """
 from __future__ import annotations
 
@@ -107,6 +111,75 @@ def libmtl_adapter(cls, shared, T: int):
     return Bound()
 
 
+#: method -> (LibMTL 1.1.5's weighting class, the keyword arguments its trainer passes, its defaults)
+LIBMTL_AGGREGATORS = {"PCGrad": ("PCGrad", {}), "GradVac": ("GradVac", {"beta": 0.5}),
+                      "MGDA": ("MGDA", {"mgda_gn": "none"})}
+
+
+def libmtl_given_j(name: str, J: torch.Tensor):
+    """LibMTL's weighting ``name`` run on a given J ``[T, P]``: its ``backward`` with the per-task
+    backward passes replaced by J, its update written by its own ``_reset_grad`` into the ``.grad``
+    of one shared parameter of P elements (allocated, as after a first step). Returns (a function
+    that runs one aggregation, that parameter); None without LibMTL or a LibMTL version of ``name``."""
+    if name not in LIBMTL_AGGREGATORS:
+        return None
+    cls_name, kwargs = LIBMTL_AGGREGATORS[name]
+    cls = libmtl_weighting(cls_name)
+    if cls is None:
+        return None
+    param = torch.nn.Parameter(torch.zeros(J.shape[1], dtype=J.dtype))
+    param.grad = torch.zeros_like(param)
+
+    class GivenJ(libmtl_adapter(cls, [param], J.shape[0]).__class__):
+        def _compute_grad(self, losses, mode, rep_grad=False):
+            return J
+
+    weighting = GivenJ()
+    losses = torch.ones(J.shape[0], dtype=J.dtype)
+    return (lambda: weighting.backward(losses, **kwargs)), param
+
+
+def libmtl_orders(T: int, seed: int, skip_self: bool) -> torch.Tensor:
+    """The task orders LibMTL's PCGrad (a shuffle of all tasks per task) or GradVac (a shuffle of
+    the others) draws from Python's ``random`` after ``random.seed(seed)``, in our ``[T, T]`` form
+    (GradVac's own task last, where it changes nothing)."""
+    import random
+
+    random.seed(seed)
+    rows = []
+    for i in range(T):
+        index = [j for j in range(T) if not (skip_self and j == i)]
+        random.shuffle(index)
+        rows.append(index + ([i] if skip_self else []))
+    return torch.tensor(rows)
+
+
+def libmtl_agreement(name: str, T: int) -> str:
+    """The relative difference of LibMTL's update and ours on a float64 conflicting J, with the same
+    task orders (MGDA: ``w'Gw`` of its Frank-Wolfe weights over our exact solve)."""
+    import random
+
+    J = conflicting_j(T)
+    if name == "MGDA":  # its min-norm solver allocates float32 buffers: run it in float32
+        J = J.float()
+    G = J.double() @ J.double().T
+    run, param = libmtl_given_j(name, J)
+    random.seed(0)
+    w_theirs = run()
+    ref = param.grad
+    if name == "MGDA":
+        w = balance.aggregate(balance.MGDA(), J.double())[1]
+        w_theirs = torch.as_tensor(w_theirs, dtype=torch.float64)
+        return f"w'Gw x{float(w_theirs @ G @ w_theirs) / float(w @ G @ w):.4f}"
+    order = libmtl_orders(T, 0, skip_self=name == "GradVac")
+    if name == "PCGrad":
+        w = pcgrad_weights(G, order)
+    else:
+        w, _ = gradvac_weights(G, order, torch.zeros(T, T, dtype=torch.float64), 0.5, every_pair=False)
+    d = w @ J
+    return f"{float((d - ref).norm() / ref.norm()):.1e}"
+
+
 try:
     from torchjd import aggregation as tjd
 except ImportError as exc:  # a bench: say what is missing and go on
@@ -148,10 +221,18 @@ def pairs():
     }
 
 
-def agreement(name: str, ours, theirs, scale, T: int) -> str:
+def conflicting_j(T: int) -> torch.Tensor:
+    """A float64 J ``[T, 20000]`` whose first half of tasks conflicts with the second: a shared
+    direction with opposite signs plus independent noise (pairwise cosines about -0.2 across the
+    halves, +0.2 within), so that PCGrad and GradVac do project."""
     g = torch.Generator().manual_seed(T)
-    J = torch.randn(T, 20_000, generator=g, dtype=torch.float64)
-    J[: T // 2] *= -1  # conflicting
+    u = torch.randn(20_000, generator=g, dtype=torch.float64)
+    sign = torch.where(torch.arange(T) < T // 2, -1.0, 1.0).to(torch.float64)
+    return 0.5 * sign[:, None] * u + torch.randn(T, 20_000, generator=g, dtype=torch.float64)
+
+
+def agreement(name: str, ours, theirs, scale, T: int) -> str:
+    J = conflicting_j(T)
     G = J @ J.T
     if name in ("PCGrad", "GradVac"):
         order = torchjd_orders(T, 0, skip_self_first=name == "GradVac")
@@ -173,18 +254,21 @@ def agreement(name: str, ours, theirs, scale, T: int) -> str:
 
 
 def aggregation_section(Ps, Ts, reps: int) -> None:
-    print("\n## Aggregation of a given J: ours vs TorchJD (ms, median of interleaved runs)\n")
+    print("\n## Aggregation of a given J: ours vs TorchJD and LibMTL (ms, median of interleaved runs)\n")
     if tjd is None:
         print(f"TorchJD is not importable ({TORCHJD_MISSING}); see the docstring.")
         return
-    print("| method | P | T | ours ms | TorchJD ms | TorchJD / ours | agreement (float64) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | P | T | ours ms | TorchJD ms | TorchJD / ours | agreement (float64) | LibMTL ms | LibMTL / ours | "
+          "agreement with LibMTL (float64) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, (ours, theirs, scale) in pairs().items():
         for T in Ts:
             try:
                 agree = agreement(name, ours, theirs, scale, T)
             except Exception as exc:  # a peer's solver failing is a result, not a crash
                 agree = f"TorchJD failed: {type(exc).__name__}"
+            has_libmtl = libmtl_given_j(name, torch.zeros(T, 1)) is not None
+            agree_libmtl = libmtl_agreement(name, T) if has_libmtl else ""
             for P in Ps:
                 J = torch.randn(T, P)
                 out = torch.empty(P)
@@ -197,9 +281,13 @@ def aggregation_section(Ps, Ts, reps: int) -> None:
                     combine_([J], w.float(), [out], accumulate=False)
 
                 fns = {"ours": ours_step, "torchjd": lambda: aggregator(J)}
+                if has_libmtl:
+                    fns["libmtl"] = libmtl_given_j(name, J)[0]
                 t = interleaved_medians(fns, reps=reps, warmup=1)
+                lib = (f"{t['libmtl'] * 1e3:.2f} | {t['libmtl'] / t['ours']:.1f}x | {agree_libmtl}"
+                       if has_libmtl else " | | ")
                 print(f"| {name} | {P:.0e} | {T} | {t['ours'] * 1e3:.2f} | {t['torchjd'] * 1e3:.2f} | "
-                      f"{t['torchjd'] / t['ours']:.1f}x | {agree} |", flush=True)
+                      f"{t['torchjd'] / t['ours']:.1f}x | {agree} | {lib} |", flush=True)
 
 
 def step_section(reps: int) -> None:
