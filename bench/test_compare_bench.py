@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import our_model, pairs, peer_models, tjd  # noqa: E402
+from compare import LIBMTL_AGGREGATORS, libmtl_given_j, our_model, pairs, peer_models, tjd  # noqa: E402
 from models_table import CONFIGS  # noqa: E402
 
 from mtlkernels import _extension, balance, metrics  # noqa: E402
@@ -29,14 +29,16 @@ pytestmark = pytest.mark.skipif(not _extension.native_available(), reason=str(_e
 EXACT = ("UPGrad", "DualProj")
 
 
-@pytest.mark.parametrize("side", ["ours", "torchjd"])
+@pytest.mark.parametrize("side", ["ours", "torchjd", "libmtl"])
 @pytest.mark.parametrize("case", [f"{m}-T{T}-P{P:.0e}" for m in pairs() for T in (2, 4, 8, 16) for P in (1e5, 1e6)])
 def test_aggregation(benchmark, threads, case, side):
     """The update of a given float32 J [T, P]: ours (Gram, solver, combine into an existing
-    buffer) or TorchJD's aggregator."""
+    buffer), TorchJD's aggregator, or LibMTL's weighting on that J (PCGrad, GradVac, MGDA)."""
     if side == "torchjd" and tjd is None:
         pytest.skip("TorchJD is not installed")
     name, T, P = case.rsplit("-", 2)
+    if side == "libmtl" and (name not in LIBMTL_AGGREGATORS or libmtl_given_j(name, torch.zeros(2, 1)) is None):
+        pytest.skip(f"LibMTL is not installed or has no aggregation of J for {name}")
     T, P = int(T[1:]), int(float(P[1:]))
     ours, theirs, _ = pairs()[name]
     J = torch.randn(T, P, generator=torch.Generator().manual_seed(T))
@@ -52,8 +54,10 @@ def test_aggregation(benchmark, threads, case, side):
             d, _ = balance.aggregate(ours(), J64)
             ref = theirs(T)(J64)
             assert float((d - ref).norm() / ref.norm()) < 1e-9
-    else:
+    elif side == "torchjd":
         benchmark(theirs(T), J)
+    else:
+        benchmark(libmtl_given_j(name, J)[0])
 
 
 @pytest.mark.parametrize("side", ["ours", "peer"])
