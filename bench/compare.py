@@ -290,11 +290,15 @@ def aggregation_section(Ps, Ts, reps: int) -> None:
                       f"{t['torchjd'] / t['ours']:.1f}x | {agree} | {lib} |", flush=True)
 
 
-def step_section(reps: int) -> None:
-    print("\n## A whole training step, MMoE on one batch: ours vs TorchJD's mtl_backward (ms, median)\n")
-    if tjd is None:
-        print(f"TorchJD is not importable ({TORCHJD_MISSING}); see the docstring.")
-        return
+#: the step section's methods
+STEP_METHODS = ("EW", "UPGrad", "MGDA", "PCGrad", "GradVac")
+
+
+def step_functions(name: str) -> tuple[dict, list]:
+    """One training step of the step section's MMoE (512 inputs, 8 experts [256, 128], 4 tasks,
+    batch 1024; SGD at lr 0, so every step starts from the same weights) under method ``name``,
+    per side: ``{"ours", "torchjd"[, "libmtl" for PCGrad]: step}``, and the shared parameters
+    (whose ``.grad`` each step leaves). Needs TorchJD."""
     from torchjd.autojac import jac_to_grad, mtl_backward
 
     from mtlkernels import nn as mnn
@@ -304,49 +308,59 @@ def step_section(reps: int) -> None:
     x = torch.randn(1024, 512)
     y = (torch.rand(1024, 4) < 0.3).float()
     shared = list(model.shared_parameters())
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every step starts from the same weights
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    methods = {"EW": (lambda: balance.EW("mean"), lambda: tjd.Mean()),
-               "UPGrad": (balance.UPGrad, tjd.UPGrad), "MGDA": (balance.MGDA, tjd.MGDA),
-               "PCGrad": (balance.PCGrad, tjd.PCGrad), "GradVac": (lambda: balance.GradVac(ema="torchjd"), tjd.GradVac)}
-    libmtl_pcgrad = libmtl_weighting("PCGrad")
-    print("| method | ours ms | TorchJD ms | TorchJD / ours | LibMTL ms | LibMTL / ours | "
-          "agreement of the shared gradients (TorchJD) |")
-    print("|---|---|---|---|---|---|---|")
-    for name, (ours, theirs) in methods.items():
-        method, aggregator = ours(), theirs()
-        libmtl = libmtl_adapter(libmtl_pcgrad, shared, 4) if name == "PCGrad" and libmtl_pcgrad else None
+    ours, theirs = {"EW": (lambda: balance.EW("mean"), lambda: tjd.Mean()),
+                    "UPGrad": (balance.UPGrad, tjd.UPGrad), "MGDA": (balance.MGDA, tjd.MGDA),
+                    "PCGrad": (balance.PCGrad, tjd.PCGrad),
+                    "GradVac": (lambda: balance.GradVac(ema="torchjd"), tjd.GradVac)}[name]
+    method, aggregator = ours(), theirs()
+
+    def ours_step():
+        opt.zero_grad(set_to_none=True)
+        method.backward(bce(model(x), y, reduction="none").mean(0), model)
+        opt.step()
+
+    def torchjd_step():
+        opt.zero_grad(set_to_none=True)
+        logits, rep = model(x, return_representation=True)
+        losses = bce(logits, y, reduction="none").mean(0)
+        # retain_graph: the tasks' heads are one fused op (gate_mix, grouped towers) that its per-task
+        # passes through the heads would otherwise free after the first task
+        mtl_backward(list(losses), features=rep, shared_params=shared, retain_graph=True)
+        jac_to_grad(shared, aggregator)
+        opt.step()
+
+    fns = {"ours": ours_step, "torchjd": torchjd_step}
+    libmtl_pcgrad = libmtl_weighting("PCGrad") if name == "PCGrad" else None
+    if libmtl_pcgrad is not None:
+        libmtl = libmtl_adapter(libmtl_pcgrad, shared, 4)
 
         def libmtl_step():  # its trainer's step: T backward passes, the flattened J, PCGrad in Python
             opt.zero_grad(set_to_none=False)
             libmtl.backward(bce(model(x), y, reduction="none").mean(0))
             opt.step()
+        fns["libmtl"] = libmtl_step
+    return fns, shared
 
-        def ours_step():
-            opt.zero_grad(set_to_none=True)
-            method.backward(bce(model(x), y, reduction="none").mean(0), model)
-            opt.step()
 
-        def torchjd_step():
-            opt.zero_grad(set_to_none=True)
-            logits, rep = model(x, return_representation=True)
-            losses = bce(logits, y, reduction="none").mean(0)
-            # retain_graph: the tasks' heads are one fused op (gate_mix, grouped towers) that its per-task
-            # passes through the heads would otherwise free after the first task
-            mtl_backward(list(losses), features=rep, shared_params=shared, retain_graph=True)
-            jac_to_grad(shared, aggregator)
-            opt.step()
-
+def step_section(reps: int) -> None:
+    print("\n## A whole training step, MMoE on one batch: ours vs TorchJD's mtl_backward (ms, median)\n")
+    if tjd is None:
+        print(f"TorchJD is not importable ({TORCHJD_MISSING}); see the docstring.")
+        return
+    print("| method | ours ms | TorchJD ms | TorchJD / ours | LibMTL ms | LibMTL / ours | "
+          "agreement of the shared gradients (TorchJD) |")
+    print("|---|---|---|---|---|---|---|")
+    for name in STEP_METHODS:
+        fns, shared = step_functions(name)
         agree = ""
         if name in ("EW", "UPGrad", "MGDA"):
-            ours_step()
+            fns["ours"]()
             mine = torch.cat([p.grad.flatten() for p in shared])
-            torchjd_step()
+            fns["torchjd"]()
             theirs_ = torch.cat([p.grad.flatten() for p in shared])
             agree = f"{float((mine - theirs_).norm() / theirs_.norm()):.1e}"
-        fns = {"ours": ours_step, "torchjd": torchjd_step}
-        if libmtl is not None:
-            fns["libmtl"] = libmtl_step
         t = interleaved_medians(fns, reps=reps, warmup=1)
         lib = (f"{t['libmtl'] * 1e3:.1f} | {t['libmtl'] / t['ours']:.2f}x") if "libmtl" in t else " | "
         print(f"| {name} | {t['ours'] * 1e3:.1f} | {t['torchjd'] * 1e3:.1f} | {t['torchjd'] / t['ours']:.2f}x | "

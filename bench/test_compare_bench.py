@@ -4,7 +4,7 @@ skipped. Values are checked where the two sides define them the same way (AUC; t
 that agree exactly), so a timing never stands for a different answer.
 
     PYTHONPATH=.peers .venv/bin/python -m pytest bench/test_compare_bench.py \
-        --benchmark-group-by=param:case,param:threads [-k aggregation|models|metrics]
+        --benchmark-group-by=param:case,param:threads [-k aggregation|training_step|models|metrics]
 
 For the markdown tables with ratios, floors and the agreement column use bench/compare.py.
 """
@@ -17,7 +17,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import LIBMTL_AGGREGATORS, libmtl_given_j, our_model, pairs, peer_models, tjd  # noqa: E402
+from compare import (LIBMTL_AGGREGATORS, STEP_METHODS, libmtl_given_j, our_model, pairs, peer_models,  # noqa: E402
+                     step_functions, tjd)
 from models_table import CONFIGS  # noqa: E402
 
 from mtlkernels import _extension, balance, metrics  # noqa: E402
@@ -58,6 +59,19 @@ def test_aggregation(benchmark, threads, case, side):
         benchmark(theirs(T), J)
     else:
         benchmark(libmtl_given_j(name, J)[0])
+
+
+@pytest.mark.parametrize("side", ["ours", "torchjd", "libmtl"])
+@pytest.mark.parametrize("case", STEP_METHODS)
+def test_training_step(benchmark, threads, case, side):
+    """A whole training step of compare.py's step MMoE under method ``case``: ours, TorchJD's
+    mtl_backward + jac_to_grad, or (PCGrad) LibMTL's trainer-style per-task backward."""
+    if tjd is None:
+        pytest.skip("TorchJD is not installed (the step section builds every side with it)")
+    fns, _ = step_functions(case)
+    if side not in fns:
+        pytest.skip(f"no {side} step for {case} here")
+    benchmark(fns[side])
 
 
 @pytest.mark.parametrize("side", ["ours", "peer"])
