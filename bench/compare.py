@@ -111,7 +111,7 @@ def libmtl_adapter(cls, shared, T: int):
     return Bound()
 
 
-#: method -> (LibMTL 1.1.5's weighting class, the keyword arguments its trainer passes, its defaults)
+#: method -> (LibMTL 1.1.5's weighting class, the keyword arguments its trainer passes, at LibMTL's defaults)
 LIBMTL_AGGREGATORS = {"PCGrad": ("PCGrad", {}), "GradVac": ("GradVac", {"beta": 0.5}),
                       "MGDA": ("MGDA", {"mgda_gn": "none"})}
 
