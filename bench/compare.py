@@ -53,6 +53,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -66,10 +67,11 @@ from mtlkernels.ops import combine_, gram  # noqa: E402
 from mtlkernels.ops.solvers import gradvac_weights, pcgrad_weights  # noqa: E402
 
 
+@functools.cache
 def libmtl_weighting(name: str):
     """LibMTL 1.1.5's weighting class ``name`` (e.g. "PCGrad"), loaded from its files without the
-    package's ``__init__`` (which imports its trainer, models and their dependencies); None if
-    LibMTL is not installed."""
+    package's ``__init__`` (which imports its trainer, models and their dependencies), once; None
+    if LibMTL is not installed."""
     import importlib.util
     import types
 
@@ -116,17 +118,18 @@ LIBMTL_AGGREGATORS = {"PCGrad": ("PCGrad", {}), "GradVac": ("GradVac", {"beta": 
                       "MGDA": ("MGDA", {"mgda_gn": "none"})}
 
 
+def libmtl_aggregates(name: str) -> bool:
+    """Whether LibMTL is installed and has an aggregation of J for our method ``name``."""
+    return name in LIBMTL_AGGREGATORS and libmtl_weighting(LIBMTL_AGGREGATORS[name][0]) is not None
+
+
 def libmtl_given_j(name: str, J: torch.Tensor):
     """LibMTL's weighting ``name`` run on a given J ``[T, P]``: its ``backward`` with the per-task
     backward passes replaced by J, its update written by its own ``_reset_grad`` into the ``.grad``
     of one shared parameter of P elements (allocated, as after a first step). Returns (a function
-    that runs one aggregation, that parameter); None without LibMTL or a LibMTL version of ``name``."""
-    if name not in LIBMTL_AGGREGATORS:
-        return None
+    that runs one aggregation, that parameter). Only where ``libmtl_aggregates(name)``."""
     cls_name, kwargs = LIBMTL_AGGREGATORS[name]
     cls = libmtl_weighting(cls_name)
-    if cls is None:
-        return None
     param = torch.nn.Parameter(torch.zeros(J.shape[1], dtype=J.dtype))
     param.grad = torch.zeros_like(param)
 
@@ -267,7 +270,7 @@ def aggregation_section(Ps, Ts, reps: int) -> None:
                 agree = agreement(name, ours, theirs, scale, T)
             except Exception as exc:  # a peer's solver failing is a result, not a crash
                 agree = f"TorchJD failed: {type(exc).__name__}"
-            has_libmtl = libmtl_given_j(name, torch.zeros(T, 1)) is not None
+            has_libmtl = libmtl_aggregates(name)
             agree_libmtl = libmtl_agreement(name, T) if has_libmtl else ""
             for P in Ps:
                 J = torch.randn(T, P)
@@ -290,8 +293,11 @@ def aggregation_section(Ps, Ts, reps: int) -> None:
                       f"{t['torchjd'] / t['ours']:.1f}x | {agree} | {lib} |", flush=True)
 
 
-#: the step section's methods
-STEP_METHODS = ("EW", "UPGrad", "MGDA", "PCGrad", "GradVac")
+#: the step section's methods: name -> (our method, TorchJD's aggregator), each a factory
+STEP_METHODS = {"EW": (lambda: balance.EW("mean"), lambda: tjd.Mean()),
+                "UPGrad": (balance.UPGrad, lambda: tjd.UPGrad()), "MGDA": (balance.MGDA, lambda: tjd.MGDA()),
+                "PCGrad": (balance.PCGrad, lambda: tjd.PCGrad()),
+                "GradVac": (lambda: balance.GradVac(ema="torchjd"), lambda: tjd.GradVac())}
 
 
 def step_functions(name: str) -> tuple[dict, list]:
@@ -310,10 +316,7 @@ def step_functions(name: str) -> tuple[dict, list]:
     shared = list(model.shared_parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    ours, theirs = {"EW": (lambda: balance.EW("mean"), lambda: tjd.Mean()),
-                    "UPGrad": (balance.UPGrad, tjd.UPGrad), "MGDA": (balance.MGDA, tjd.MGDA),
-                    "PCGrad": (balance.PCGrad, tjd.PCGrad),
-                    "GradVac": (lambda: balance.GradVac(ema="torchjd"), tjd.GradVac)}[name]
+    ours, theirs = STEP_METHODS[name]
     method, aggregator = ours(), theirs()
 
     def ours_step():

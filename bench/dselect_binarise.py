@@ -36,12 +36,12 @@ def gate_report(trainer: Trainer) -> tuple[list[str], float]:
     one_hot = ((r == 0) | (r == 1)).all(-1).double().mean().item()
     cells = []
     for t, name in enumerate(trainer.names):
-        nonzero = (q[:, t] > 0).sum(-1)  # [B or 1]
         if q.shape[0] == 1:
             experts = (q[0, t] > 0).nonzero().flatten().tolist()
             weights = ", ".join(f"{e}: {q[0, t, e]:.3f}" for e in experts)
             cells.append(f"{name}: {len(experts)} ({weights})")
         else:
+            nonzero = (q[:, t] > 0).sum(-1)  # [B]
             cells.append(f"{name}: {int(nonzero.min())}-{int(nonzero.max())} (rows with exactly {K}: "
                          f"{(nonzero == K).double().mean().item():.0%})")
     return cells, one_hot
